@@ -1,0 +1,194 @@
+"""The one cache writer: atomic file writes, the calibration provenance manifest, and INT8 artifact lookup.
+
+Paddle-TRT's own cache keys hash tensor names, batch size and precision, not the weights, so a retrained
+model would silently reuse a stale table. Ours record sha256 of the model files, the preprocess ops and the
+calibration image list, and every INT8 run checks them before trusting an artifact.
+"""
+from __future__ import annotations
+
+import datetime as _dt
+import hashlib
+import json
+import os
+import shutil
+import tempfile
+from pathlib import Path
+from typing import TYPE_CHECKING, Any, Optional
+
+from deploy.errors import CalibrationError
+
+if TYPE_CHECKING:
+    from deploy.config import DeployConfig
+    from deploy.model import ModelFiles
+    from deploy.predictor import Int8Mode, PredictorPlan
+
+MANIFEST_NAME = "calibration.json"
+MANIFEST_FORMAT = 1
+TRT_TABLE_PREFIX = "trt_calib_"
+
+
+def _umask() -> int:
+    mask = os.umask(0)
+    os.umask(mask)
+    return mask
+
+
+def atomic_write_bytes(path: Path, data: bytes) -> None:
+    """Write ``path`` through a temp file in the same directory + rename: readers never see half a file."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    try:
+        with os.fdopen(fd, "wb") as f:
+            f.write(data)
+            f.flush()
+            os.fsync(f.fileno())
+        os.chmod(tmp, 0o666 & ~_umask())  # mkstemp makes 0600; artifacts are as readable as any file
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+
+
+def atomic_write_text(path: Path, text: str) -> None:
+    """Atomically write UTF-8 text."""
+    atomic_write_bytes(path, text.encode("utf-8"))
+
+
+def atomic_write_json(path: Path, data: Any) -> None:
+    """Atomically write indented JSON."""
+    atomic_write_text(path, json.dumps(data, indent=2, sort_keys=False) + "\n")
+
+
+def staging_dir(final: Path) -> Path:
+    """A fresh scratch directory beside ``final`` (same filesystem, so the final rename is atomic)."""
+    final.parent.mkdir(parents=True, exist_ok=True)
+    staged = Path(tempfile.mkdtemp(prefix=f".{final.name}.staging-", dir=final.parent))
+    os.chmod(staged, 0o777 & ~_umask())
+    return staged
+
+
+def replace_dir(staged: Path, final: Path) -> None:
+    """Move a fully written ``staged`` directory to ``final``, replacing what was there."""
+    old = None
+    if final.exists():
+        old = final.with_name(f".{final.name}.old-{os.getpid()}")
+        os.replace(final, old)
+    os.replace(staged, final)
+    if old is not None:
+        shutil.rmtree(old, ignore_errors=True)
+
+
+def sha256_file(path: Path) -> str:
+    """Hex sha256 of a file's bytes."""
+    digest = hashlib.sha256()
+    with open(path, "rb") as f:
+        for chunk in iter(lambda: f.read(1 << 20), b""):
+            digest.update(chunk)
+    return digest.hexdigest()
+
+
+def sha256_text(text: str) -> str:
+    """Hex sha256 of a string."""
+    return hashlib.sha256(text.encode("utf-8")).hexdigest()
+
+
+def opt_cache_dir(files: "ModelFiles") -> Path:
+    """``<model dir>/_opt_cache``: where Paddle writes tables and engines, and where our manifest lives."""
+    return files.dir / "_opt_cache"
+
+
+def model_fingerprint(files: "ModelFiles") -> dict[str, str]:
+    """sha256 of the program and params files."""
+    return {"program": str(files.program), "program_sha256": sha256_file(files.program),
+            "params_sha256": sha256_file(files.params)}
+
+
+def artifact_fingerprint(paths: list[Path]) -> dict[str, str]:
+    """sha256 of every artifact file, by name."""
+    return {p.name: sha256_file(p) for p in sorted(paths)}
+
+
+def read_manifest(files: "ModelFiles") -> dict:
+    """The manifest beside the model, or an empty one."""
+    path = opt_cache_dir(files) / MANIFEST_NAME
+    if not path.is_file():
+        return {"format": MANIFEST_FORMAT, "targets": {}}
+    try:
+        data = json.loads(path.read_text())
+    except ValueError as e:
+        raise CalibrationError(f"{path} is not valid JSON ({e}); delete it and rerun tools/calibrate.py") from e
+    if data.get("format") != MANIFEST_FORMAT:
+        raise CalibrationError(f"{path} has format {data.get('format')}, expected {MANIFEST_FORMAT}; "
+                               "rerun tools/calibrate.py")
+    return data
+
+
+def write_manifest_entry(files: "ModelFiles", target: str, entry: dict) -> Path:
+    """Record one target's calibration (``cpu`` or ``trt``) in the manifest, atomically."""
+    manifest = read_manifest(files)
+    manifest["targets"][target] = {"created": _dt.datetime.now().astimezone().isoformat(timespec="seconds"),
+                                   **entry}
+    path = opt_cache_dir(files) / MANIFEST_NAME
+    atomic_write_json(path, manifest)
+    return path
+
+
+def _rerun(cfg: "DeployConfig") -> str:
+    return f"rerun: python tools/calibrate.py -c {cfg.source}"
+
+
+def check_fresh(entry: dict, files: "ModelFiles", cfg: "DeployConfig") -> None:
+    """Raise if the model or the preprocessing changed since this calibration entry was written."""
+    from deploy.preprocess import ops_fingerprint
+
+    when = entry.get("created", "an unknown time")
+    now = model_fingerprint(files)
+    if (now["program_sha256"], now["params_sha256"]) != (entry["model"]["program_sha256"],
+                                                          entry["model"]["params_sha256"]):
+        raise CalibrationError(f"calibration is stale: model changed since {when}; {_rerun(cfg)}")
+    if ops_fingerprint(cfg.preprocess) != entry.get("preprocess_sha256"):
+        raise CalibrationError(f"calibration is stale: preprocess changed since {when}; {_rerun(cfg)}")
+
+
+def _check_artifacts(entry: dict, cfg: "DeployConfig") -> list[Path]:
+    art_dir = Path(entry["artifacts"]["dir"])
+    expected = entry["artifacts"]["files"]
+    paths = [art_dir / name for name in expected]
+    missing = [p for p in paths if not p.is_file()]
+    if missing:
+        raise CalibrationError(f"calibration artifact missing: {missing[0]}; {_rerun(cfg)}")
+    if artifact_fingerprint(paths) != expected:
+        raise CalibrationError(f"calibration artifacts in {art_dir} do not match the manifest written "
+                               f"{entry.get('created')} (interrupted or edited); {_rerun(cfg)}")
+    return paths
+
+
+def trt_table_dir(plan: "PredictorPlan") -> Path:
+    """Where Paddle-TRT READS calibration tables: the cache dir when set, else the model's _opt_cache."""
+    return plan.runtime.trt.cache_dir or opt_cache_dir(plan.model)
+
+
+def int8_artifacts(cfg: "DeployConfig", plan: "PredictorPlan", *, calibrating: bool) -> tuple["ModelFiles", "Int8Mode"]:
+    """The model files and INT8 mode for a non-quantized model, after checking our calibration is fresh."""
+    from deploy.model import ModelFiles
+
+    target = "trt" if plan.backend == "trt" else "cpu"
+    if target == "trt" and calibrating:
+        return plan.model, "calibrate"
+    entry = read_manifest(plan.model)["targets"].get(target)
+    if entry is None:
+        raise CalibrationError(
+            f"INT8 on {plan.device}/{plan.backend} needs calibration or a quantized model, and {plan.model.dir} has "
+            f"no {target} calibration; run: python tools/calibrate.py -c {cfg.source} (or point model.dir at a "
+            "PaddleSlim-quantized model)")
+    check_fresh(entry, plan.model, cfg)
+    paths = _check_artifacts(entry, cfg)
+    if target == "trt":
+        table_dir = trt_table_dir(plan)
+        if not any((table_dir / p.name).is_file() for p in paths):
+            raise CalibrationError(f"no TensorRT calibration table in {table_dir} (runtime.trt.cache_dir changed "
+                                   f"since calibration?); {_rerun(cfg)}")
+        return plan.model, "table"
+    program = next(p for p in paths if p.suffix in (".pdmodel", ".json"))
+    return ModelFiles(program, program.with_suffix(".pdiparams")), "quantized"

@@ -1,0 +1,259 @@
+"""INT8 calibration from ~500 real images preprocessed exactly as at inference.
+
+TRT builds: the Paddle-TRT two-run protocol (an Int8 predictor with use_calib_mode=True writes its table when
+destroyed). CPU / builds without TensorRT: PaddleSlim post-training quantization into a quantized model that
+oneDNN runs in INT8. Both write into a staging dir first and record provenance in ``_opt_cache/calibration.json``
+only after the artifacts are complete, so an interrupted run leaves the previous artifacts as they were.
+"""
+from __future__ import annotations
+
+import logging
+import shutil
+import time
+from dataclasses import dataclass, field, replace
+from pathlib import Path
+from typing import Iterator, Optional
+
+import numpy as np
+from tqdm import tqdm
+
+from deploy import cache
+from deploy.config import DeployConfig
+from deploy.data import ImageItem, iter_batches, list_images
+from deploy.env import default_device, probe, support_reason
+from deploy.errors import CalibrationError, DataError, UnsupportedError
+from deploy.model import ModelFiles, ensure_model, inspect_model
+from deploy.preprocess import ImagePipeline, ops_fingerprint
+
+log = logging.getLogger(__name__)
+# PaddleSlim's names for the algorithms we offer (we accept them case-insensitively in the config).
+QUANTIZABLE_OPS = ["conv2d", "depthwise_conv2d", "mul", "matmul", "matmul_v2"]
+
+
+@dataclass
+class CalibrationSet:
+    """The sampled calibration images, preprocessed, in the config's batch size."""
+
+    source: str
+    batches: list[np.ndarray]
+    items: list[ImageItem]
+    skipped: int = 0
+
+    @property
+    def count(self) -> int:
+        return len(self.items)
+
+    def fingerprint(self) -> str:
+        """sha256 of the sorted image paths: which images calibrated the model."""
+        return cache.sha256_text("\n".join(sorted(str(i.path) for i in self.items)))
+
+
+@dataclass
+class CalibrationResult:
+    """What a calibration produced."""
+
+    target: str  # "cpu" or "trt"
+    artifacts: list[Path]
+    manifest: Path
+    images: int
+    seconds: float
+    scales: dict = field(default_factory=dict)
+
+
+def sample_images(cfg: DeployConfig, source: Optional[str] = None) -> list[ImageItem]:
+    """All candidate images in a deterministic, seeded order."""
+    source = source or cfg.calibration.images
+    if source is None:
+        raise DataError("no calibration images: set calibration.images (a folder, glob or list file) "
+                        "or pass --images")
+    items = list_images(source)
+    order = np.random.default_rng(cfg.calibration.seed).permutation(len(items))
+    return [items[i] for i in order]
+
+
+def load_calibration_set(cfg: DeployConfig, *, source: Optional[str] = None, num_images: Optional[int] = None,
+                         allow_fewer: Optional[bool] = None, quiet: bool = False) -> CalibrationSet:
+    """Sample ``num_images`` readable images and preprocess them with the config's own pipeline."""
+    wanted = num_images or cfg.calibration.num_images
+    allow_fewer = cfg.calibration.allow_fewer if allow_fewer is None else allow_fewer
+    candidates = sample_images(cfg, source)
+    pipeline = ImagePipeline(cfg.preprocess)
+    skipped: list[ImageItem] = []
+    arrays, items = [], []
+    with tqdm(total=min(wanted, len(candidates)), disable=quiet, unit="img", desc="calibration set") as bar:
+        for item in candidates:
+            if len(items) == wanted:
+                break
+            try:
+                arrays.append(pipeline(item.path))
+                items.append(item)
+                bar.update(1)
+            except DataError as e:
+                skipped.append(item)
+                log.warning("skipped %s", e)
+    src = str(source or cfg.calibration.images)
+    if not items:
+        raise CalibrationError(f"no readable images in {src} ({len(skipped)} unreadable); "
+                               "point calibration.images at real images")
+    if len(items) < wanted:
+        msg = f"found only {len(items)} readable calibration images in {src}, {wanted} requested"
+        if not allow_fewer:
+            raise CalibrationError(f"{msg}; add images, lower calibration.num_images, or pass --allow-fewer")
+        log.warning("%s; proceeding with %d (--allow-fewer)", msg, len(items))
+    bs = cfg.runtime.batch_size
+    batches = [pipeline.batch(arrays[i:i + bs]) for i in range(0, len(arrays), bs)]
+    return CalibrationSet(src, batches, items, len(skipped))
+
+
+def _versions() -> dict:
+    env = probe()
+    return {"paddle": env.paddle_version, "paddleslim": env.paddleslim_version,
+            "tensorrt": ".".join(map(str, env.trt_runtime_version)) if env.trt_compiled else None}
+
+
+def _manifest_entry(cfg: DeployConfig, files: ModelFiles, calib: CalibrationSet, algo: str, backend: str,
+                    artifact_dir: Path, artifacts: list[Path]) -> dict:
+    return {
+        "config": str(cfg.source),
+        "model": cache.model_fingerprint(files),
+        "preprocess_sha256": ops_fingerprint(cfg.preprocess),
+        "images_sha256": calib.fingerprint(),
+        "images_source": calib.source,
+        "num_images": calib.count,
+        "batch_size": cfg.runtime.batch_size,
+        "algo": algo,
+        "backend": backend,
+        "versions": _versions(),
+        "artifacts": {"dir": str(artifact_dir), "files": cache.artifact_fingerprint(artifacts)},
+    }
+
+
+def _target(cfg: DeployConfig) -> tuple[str, str]:
+    """(device, backend) the calibration is for, after checking INT8 can run there."""
+    env = probe()
+    device = default_device(env) if cfg.runtime.device == "auto" else cfg.runtime.device
+    reason = support_reason(env, device, cfg.runtime.backend, "int8")
+    if reason:
+        raise UnsupportedError(f"cannot calibrate for {device}/{cfg.runtime.backend}/int8 here: {reason}")
+    return device, cfg.runtime.backend
+
+
+def calibrate(cfg: DeployConfig, *, images: Optional[str] = None, num_images: Optional[int] = None,
+              allow_fewer: Optional[bool] = None, output_dir: Optional[Path] = None,
+              quiet: bool = False) -> CalibrationResult:
+    """Calibrate the config's model for INT8 on its device: a TRT table on GPU, a quantized model on CPU."""
+    cfg = replace(cfg, runtime=replace(cfg.runtime, precision="int8"))
+    device, backend = _target(cfg)
+    files = ensure_model(cfg.model, quiet=quiet)
+    info = inspect_model(files)
+    if info.quantized:
+        ops = ", ".join(f"{k} x{v}" for k, v in sorted(info.quant_op_counts.items()))
+        raise CalibrationError(f"{files.program} is already quantized ({ops}): it carries its own scales, so "
+                               "there is nothing to calibrate; run it with: python tools/infer.py -c "
+                               f"{cfg.source} --precision int8")
+    calib = load_calibration_set(cfg, source=images, num_images=num_images, allow_fewer=allow_fewer, quiet=quiet)
+    start = time.perf_counter()
+    if backend == "trt":
+        result = _calibrate_trt(cfg, files, calib, quiet)
+    else:
+        result = _calibrate_cpu(cfg, files, calib, output_dir or cfg.calibration.output_dir, quiet)
+    result.seconds = time.perf_counter() - start
+    return result
+
+
+# ---------------------------------------------------------------- TensorRT: Paddle-TRT calibration mode
+
+
+def _calibrate_trt(cfg: DeployConfig, files: ModelFiles, calib: CalibrationSet, quiet: bool) -> CalibrationResult:
+    from deploy.predictor import Predictor, resolve_plan
+
+    plan = resolve_plan(cfg, quiet=True, calibrating=True)
+    scratch = cache.staging_dir(cache.opt_cache_dir(files) / "trt_calibration")
+    try:
+        # Calibrate a copy: Paddle writes the table under the model dir of the predictor, and we only move it
+        # beside the real model once it is complete. Engine keys hash tensor names, not paths.
+        copy = ModelFiles(scratch / files.program.name, scratch / files.params.name)
+        shutil.copy2(files.program, copy.program)
+        shutil.copy2(files.params, copy.params)
+        calib_runtime = replace(plan.runtime, trt=replace(plan.runtime.trt, cache_dir=None, use_static=False))
+        calib_plan = replace(plan, model=copy, runtime=calib_runtime)
+        with Predictor(calib_plan) as predictor:
+            for batch in tqdm(calib.batches, disable=quiet, unit="batch", desc="trt calibration"):
+                predictor.run(batch)
+        # Leaving the with-block destroyed the predictor: only now has Paddle-TRT written the table.
+        tables = [p for p in sorted((scratch / "_opt_cache").glob(f"{cache.TRT_TABLE_PREFIX}*"))
+                  if p.stat().st_size > 0]
+        if not tables:
+            raise CalibrationError(
+                f"Paddle-TRT wrote no calibration table after {len(calib.batches)} batches. Known causes: no op "
+                "ran in a TensorRT subgraph (lower runtime.trt.min_subgraph_size, check runtime.trt.disabled_ops),"
+                " the predictor was not destroyed, or the GPU ran out of memory")
+        table_dir = cache.trt_table_dir(plan)
+        installed = [table_dir / t.name for t in tables]
+        for src, dst in zip(tables, installed):
+            cache.atomic_write_bytes(dst, src.read_bytes())
+        entry = _manifest_entry(cfg, files, calib, "tensorrt-entropy", "trt", table_dir, installed)
+        manifest = cache.write_manifest_entry(files, "trt", entry)
+    finally:
+        shutil.rmtree(scratch, ignore_errors=True)
+    log.info("wrote TensorRT calibration table %s", ", ".join(str(p) for p in installed))
+    return CalibrationResult("trt", installed, manifest, calib.count, 0.0)
+
+
+# ---------------------------------------------------------------- CPU: PaddleSlim post-training quantization
+
+
+def cpu_int8_dir(cfg: DeployConfig, files: ModelFiles, output_dir: Optional[Path] = None) -> Path:
+    """Where the CPU quantized model goes: calibration.output_dir, else <model dir>/_opt_cache/int8_cpu."""
+    return output_dir or cfg.calibration.output_dir or cache.opt_cache_dir(files) / "int8_cpu"
+
+
+def _quantize_post_static(files: ModelFiles, calib: CalibrationSet, algo: str, out_dir: Path,
+                          quiet: bool) -> None:
+    import paddle
+    from paddleslim.quant import quant_post_static
+
+    input_name = inspect_model(files).inputs[0].name
+
+    def loader() -> Iterator[dict]:
+        for batch in tqdm(calib.batches, disable=quiet, unit="batch", desc=f"quantize ({algo})", leave=False):
+            yield {input_name: batch}
+
+    paddle.enable_static()
+    try:
+        # PTQ runs in the global scope; a fresh one per call keeps repeated calibrations independent.
+        with paddle.static.scope_guard(paddle.static.Scope()):
+            quant_post_static(
+                executor=paddle.static.Executor(paddle.CPUPlace()), model_dir=str(files.dir),
+                quantize_model_path=str(out_dir), data_loader=loader, model_filename=files.program.name,
+                params_filename=files.params.name, save_model_filename="inference.pdmodel",
+                save_params_filename="inference.pdiparams", batch_size=calib.batches[0].shape[0],
+                batch_nums=len(calib.batches), algo=algo, quantizable_op_type=QUANTIZABLE_OPS,
+                weight_quantize_type="channel_wise_abs_max", onnx_format=True)
+    finally:
+        paddle.disable_static()
+
+
+def _calibrate_cpu(cfg: DeployConfig, files: ModelFiles, calib: CalibrationSet, output_dir: Optional[Path],
+                   quiet: bool) -> CalibrationResult:
+    from deploy.model import quant_scales
+
+    algo = cfg.calibration.algo
+    final = cpu_int8_dir(cfg, files, output_dir)
+    staged = cache.staging_dir(final)
+    try:
+        _quantize_post_static(files, calib, algo, staged, quiet)
+        quantized = ModelFiles(staged / "inference.pdmodel", staged / "inference.pdiparams")
+        scales = quant_scales(quantized)
+        cache.atomic_write_json(staged / "scales.json", scales)
+        artifacts = [quantized.program, quantized.params, staged / "scales.json"]
+        entry = _manifest_entry(cfg, files, calib, algo, "paddleslim-quant_post_static", final, artifacts)
+        cache.replace_dir(staged, final)
+    except BaseException:
+        shutil.rmtree(staged, ignore_errors=True)
+        raise
+    manifest = cache.write_manifest_entry(files, "cpu", entry)
+    installed = [final / p.name for p in artifacts]
+    log.info("wrote quantized model %s (%d tensors with scales)", final, len(scales))
+    return CalibrationResult("cpu", installed, manifest, calib.count, 0.0, scales)
+

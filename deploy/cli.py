@@ -1,0 +1,74 @@
+"""Shared command-line pieces: option groups every tool reuses, and the wrapper that turns user errors
+into one line and exit code 2 (real bugs keep their traceback)."""
+from __future__ import annotations
+
+import argparse
+import logging
+import sys
+import warnings
+from typing import Callable, Optional
+
+from deploy.errors import DeployError
+
+PRECISIONS = ("fp32", "fp16", "int8", "bf16")
+
+
+def add_config_args(parser: argparse.ArgumentParser) -> None:
+    """-c CONFIG, -o key=value overrides, --quiet."""
+    group = parser.add_argument_group("config")
+    group.add_argument("-c", "--config", required=True, help="YAML config file")
+    group.add_argument("-o", "--override", action="append", default=[], metavar="KEY=VALUE",
+                       help="override a config key, e.g. -o runtime.batch_size=8 (repeatable)")
+    group.add_argument("--quiet", action="store_true", help="no progress bars, warnings and errors only")
+
+
+def add_runtime_args(parser: argparse.ArgumentParser, *, precision: bool = True) -> None:
+    """--device, --backend, --precision, --batch-size, --threads (shortcuts for runtime.* overrides)."""
+    group = parser.add_argument_group("runtime (shortcuts for -o runtime.*)")
+    group.add_argument("--device", choices=("auto", "cpu", "gpu"))
+    group.add_argument("--backend", choices=("paddle", "trt"))
+    if precision:
+        group.add_argument("--precision", choices=PRECISIONS)
+    group.add_argument("--batch-size", type=int)
+    group.add_argument("--threads", type=int, help="CPU math threads (0 = all cores)")
+
+
+_SHORTCUTS = {"device": "runtime.device", "backend": "runtime.backend", "precision": "runtime.precision",
+              "batch_size": "runtime.batch_size", "threads": "runtime.cpu_threads"}
+
+
+def overrides_from_args(args: argparse.Namespace) -> list[str]:
+    """Flag shortcuts first, then explicit -o overrides (which win)."""
+    out = [f"{key}={getattr(args, name)}" for name, key in _SHORTCUTS.items()
+           if getattr(args, name, None) is not None]
+    return out + list(getattr(args, "override", []))
+
+
+def load_config_from_args(args: argparse.Namespace, extra: Optional[list[str]] = None):
+    """The typed config named by -c, with shortcuts and -o applied."""
+    from deploy.config import load_config
+
+    return load_config(args.config, overrides_from_args(args) + list(extra or []))
+
+
+def setup_logging(quiet: bool) -> None:
+    """INFO to stderr (WARNING with --quiet); silence Paddle's import-time noise."""
+    logging.basicConfig(level=logging.WARNING if quiet else logging.INFO, format="%(levelname)s %(message)s",
+                        stream=sys.stderr, force=True)
+    warnings.filterwarnings("ignore", message=".*ccache.*")
+    warnings.filterwarnings("ignore", message=".*Setuptools is replacing distutils.*")
+
+
+def run_tool(main: Callable[[Optional[list[str]]], Optional[int]], argv: Optional[list[str]] = None) -> None:
+    """Run a tool's main; a DeployError becomes one 'error: ...' line and exit 2."""
+    quiet = "--quiet" in (argv if argv is not None else sys.argv[1:])
+    setup_logging(quiet)
+    try:
+        code = main(argv)
+    except DeployError as e:
+        print(f"error: {e}", file=sys.stderr)
+        sys.exit(e.exit_code)
+    except KeyboardInterrupt:
+        print("error: interrupted; artifacts from earlier runs are untouched", file=sys.stderr)
+        sys.exit(130)
+    sys.exit(code or 0)

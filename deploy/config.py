@@ -1,0 +1,302 @@
+"""Typed deployment configs: YAML with ``_base_`` inheritance and ``-o key=value`` overrides -> dataclasses.
+
+Every relative path is resolved against the file that set it (overrides: the current directory), and every
+error names the key, the file and a fix.
+"""
+from __future__ import annotations
+
+import copy
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Literal, Optional
+
+import yaml
+
+from deploy.errors import ConfigError
+from deploy.schema import build_dataclass, check_keys, closest_key, field_types
+
+Device = Literal["auto", "cpu", "gpu"]
+Backend = Literal["paddle", "trt"]
+Precision = Literal["fp32", "fp16", "int8", "bf16"]
+CalibAlgo = Literal["hist", "KL", "mse", "avg", "abs_max", "emd"]
+OVERRIDE = "command line (-o)"
+
+
+@dataclass
+class ModelConfig:
+    """Where the inference model is: a directory, or a program file plus a params file."""
+
+    dir: Optional[Path] = None
+    file: Optional[Path] = None
+    params: Optional[Path] = None
+    build: Optional[Path] = None  # a script that builds the model (and its data) when it is missing
+    input_shape: Optional[list[int]] = None  # expected [C, H, W] of the image input; checked against the model
+
+    def __post_init__(self) -> None:
+        if self.dir is None and self.file is None:
+            raise ValueError("set 'model.dir' (a model directory) or 'model.file' (+ 'model.params')")
+        if self.dir is not None and self.file is not None:
+            raise ValueError("set either 'model.dir' or 'model.file', not both")
+
+
+@dataclass
+class DynamicShapeConfig:
+    """TensorRT dynamic shapes: off, manual per-input min/opt/max, or tuned from a collected shape file."""
+
+    mode: Literal["off", "manual", "tuned"] = "off"
+    min: dict[str, list[int]] = field(default_factory=dict)
+    opt: dict[str, list[int]] = field(default_factory=dict)
+    max: dict[str, list[int]] = field(default_factory=dict)
+    shape_file: Optional[Path] = None  # default: <model dir>/_opt_cache/shape_range_info.pbtxt
+    allow_build_at_runtime: bool = True
+    disable_trt_plugin_fp16: bool = False
+
+    def __post_init__(self) -> None:
+        if self.mode == "manual":
+            names = [set(self.min), set(self.opt), set(self.max)]
+            if not names[0] or names.count(names[0]) != 3:
+                raise ValueError("manual dynamic shapes need the same inputs in 'min', 'opt' and 'max'")
+            for name in self.min:
+                lo, mid, hi = self.min[name], self.opt[name], self.max[name]
+                if not (len(lo) == len(mid) == len(hi)) or any(a > b or b > c for a, b, c in zip(lo, mid, hi)):
+                    raise ValueError(f"dynamic shape of '{name}' needs min <= opt <= max per dim, "
+                                     f"got min={lo} opt={mid} max={hi}")
+
+
+@dataclass
+class TrtConfig:
+    """Paddle-TRT subgraph engine settings."""
+
+    workspace_size: int = 1 << 30
+    max_batch_size: Optional[int] = None  # default: runtime.batch_size
+    min_subgraph_size: int = 3
+    use_static: bool = False
+    cache_dir: Optional[Path] = None
+    dynamic_shape: DynamicShapeConfig = field(default_factory=DynamicShapeConfig)
+    disabled_ops: list[str] = field(default_factory=list)
+
+
+@dataclass
+class RuntimeConfig:
+    """Device, backend, precision and threads."""
+
+    device: Device = "auto"
+    backend: Backend = "paddle"
+    precision: Precision = "fp32"
+    batch_size: int = 1
+    cpu_threads: int = 0  # 0: all cores
+    gpu_mem_mb: int = 500
+    gpu_id: int = 0
+    ir_optim: bool = True
+    trt: TrtConfig = field(default_factory=TrtConfig)
+
+    def __post_init__(self) -> None:
+        if self.batch_size < 1:
+            raise ValueError(f"'runtime.batch_size' must be >= 1, got {self.batch_size}")
+        if self.cpu_threads < 0:
+            raise ValueError(f"'runtime.cpu_threads' must be >= 0 (0 = all cores), got {self.cpu_threads}")
+
+
+@dataclass
+class PostprocessConfig:
+    """How outputs become predictions."""
+
+    topk: int = 5
+    label_list: Optional[Path] = None
+    softmax: bool = False  # apply softmax to the output (for models that end in logits)
+
+
+@dataclass
+class DataConfig:
+    """The default image set: a folder (label = sub-folder name), a glob, or a list file ``path [label]``."""
+
+    images: Optional[Path] = None
+
+
+@dataclass
+class CalibrationConfig:
+    """INT8 calibration: which images, how many, and the PaddleSlim algorithm for CPU quantization."""
+
+    images: Optional[Path] = None
+    num_images: int = 500
+    seed: int = 0
+    algo: CalibAlgo = "hist"
+    output_dir: Optional[Path] = None  # CPU quantized model; default <model dir>/_opt_cache/int8_cpu
+    allow_fewer: bool = False
+
+    def __post_init__(self) -> None:
+        if self.num_images < 1:
+            raise ValueError(f"'calibration.num_images' must be >= 1, got {self.num_images}")
+
+
+@dataclass
+class QatConfig:
+    """Quantization-aware training of a dygraph network from its FP32 weights."""
+
+    network: Optional[str] = None  # "path/to/net.py:ClassName", relative to the config file
+    export_network: Optional[str] = None  # wrapper used for export (e.g. adds softmax); default: network
+    weights: Optional[Path] = None
+    train_images: Optional[Path] = None
+    epochs: int = 2
+    learning_rate: float = 1e-4
+    batch_size: int = 64
+    seed: int = 0
+
+
+@dataclass
+class DeployConfig:
+    """The whole config."""
+
+    model: ModelConfig
+    preprocess: list[Any]
+    runtime: RuntimeConfig = field(default_factory=RuntimeConfig)
+    postprocess: PostprocessConfig = field(default_factory=PostprocessConfig)
+    data: DataConfig = field(default_factory=DataConfig)
+    calibration: CalibrationConfig = field(default_factory=CalibrationConfig)
+    qat: QatConfig = field(default_factory=QatConfig)
+    source: Optional[Path] = None  # the YAML file this came from
+
+    @property
+    def name(self) -> str:
+        return self.source.stem if self.source else "config"
+
+
+_SECTIONS = {k: v for k, v in field_types(DeployConfig).items() if k != "source"}
+
+
+def _read_yaml(path: Path) -> dict:
+    try:
+        text = path.read_text(encoding="utf-8")
+    except FileNotFoundError as e:
+        raise ConfigError(f"config file not found: {path}") from e
+    try:
+        data = yaml.safe_load(text)
+    except yaml.YAMLError as e:
+        mark = getattr(e, "problem_mark", None)
+        at = f" line {mark.line + 1}" if mark else ""
+        raise ConfigError(f"{path}:{at} is not valid YAML: {getattr(e, 'problem', e)}") from e
+    if data is None:
+        return {}
+    if not isinstance(data, dict):
+        raise ConfigError(f"{path}: a config must be a mapping of sections, got {type(data).__name__}")
+    return data
+
+
+def _check_sections(raw: dict, where: str) -> None:
+    for key, value in raw.items():
+        if key == "_base_":
+            continue
+        if key not in _SECTIONS:
+            raise ConfigError(f"{where}: unknown key '{key}'; {closest_key(key, list(_SECTIONS))}")
+        if key != "preprocess":
+            check_keys(value, _SECTIONS[key], f"{key}.", where)
+
+
+def _merge(base: dict, top: dict, replaced: list[str], prefix: str = "") -> dict:
+    out = dict(base)
+    for key, value in top.items():
+        dotted = f"{prefix}{key}"
+        if isinstance(value, dict) and isinstance(out.get(key), dict):
+            out[key] = _merge(out[key], value, replaced, f"{dotted}.")
+        else:
+            out[key] = copy.deepcopy(value)
+            replaced.append(dotted)
+    return out
+
+
+def _key_origins(tree: dict, file: str, prefix: str = "") -> dict[str, str]:
+    out = {}
+    for key, value in tree.items():
+        out[f"{prefix}{key}"] = file
+        if isinstance(value, dict):
+            out.update(_key_origins(value, file, f"{prefix}{key}."))
+    return out
+
+
+def _merge_tracked(base: tuple[dict, dict], top: tuple[dict, dict]) -> tuple[dict, dict]:
+    """Merge (tree, origins) pairs: ``top`` wins, and remembers which file set each key."""
+    replaced: list[str] = []
+    tree = _merge(base[0], top[0], replaced)
+    origins = {k: v for k, v in base[1].items()
+               if not any(k == r or k.startswith(f"{r}.") for r in replaced)}
+    origins.update(top[1])
+    return tree, origins
+
+
+def _load_tree(path: Path, chain: tuple[Path, ...] = ()) -> tuple[dict, dict]:
+    path = path.resolve()
+    if path in chain:
+        raise ConfigError(f"{path}: '_base_' includes itself through {' -> '.join(str(p) for p in chain)}")
+    raw = _read_yaml(path)
+    _check_sections(raw, str(path))
+    bases = raw.get("_base_", [])
+    bases = [bases] if isinstance(bases, str) else bases
+    if not isinstance(bases, list) or not all(isinstance(b, str) for b in bases):
+        raise ConfigError(f"{path}: '_base_' must be a file name or a list of file names")
+    merged: tuple[dict, dict] = ({}, {})
+    for base in bases:
+        base_path = path.parent / base
+        if not base_path.is_file():
+            raise ConfigError(f"{path}: _base_ file not found: {base_path}")
+        merged = _merge_tracked(merged, _load_tree(base_path, chain + (path,)))
+    body = {k: v for k, v in raw.items() if k != "_base_"}
+    return _merge_tracked(merged, (body, _key_origins(body, str(path))))
+
+
+def parse_override(text: str) -> tuple[list[str], Any]:
+    """Split ``section.key=value`` into the key path and the YAML-parsed value."""
+    if "=" not in text:
+        raise ConfigError(f"override '{text}' must look like section.key=value, e.g. runtime.batch_size=8")
+    key, value = text.split("=", 1)
+    parts = key.strip().split(".")
+    if not all(parts):
+        raise ConfigError(f"override '{text}': empty key part in '{key}'")
+    try:
+        return parts, yaml.safe_load(value) if value.strip() else ""
+    except yaml.YAMLError as e:
+        raise ConfigError(f"override '{text}': value is not valid YAML: {e}") from e
+
+
+def _apply_overrides(loaded: tuple[dict, dict], overrides: list[str]) -> tuple[dict, dict]:
+    for text in overrides:
+        parts, value = parse_override(text)
+        nested: Any = value
+        for part in reversed(parts):
+            nested = {part: nested}
+        _check_sections(nested, f"{OVERRIDE} '{text}'")
+        loaded = _merge_tracked(loaded, (nested, _key_origins(nested, OVERRIDE)))
+    return loaded
+
+
+def _origin_lookup(origins: dict[str, str]):
+    def where(key: str) -> str:
+        key = key.split("[")[0]
+        while key:
+            if key in origins and origins[key]:
+                return origins[key]
+            key = key.rpartition(".")[0]
+        return "config"
+    return where
+
+
+def load_config(path: Path | str, overrides: list[str] | None = None) -> DeployConfig:
+    """Load, merge, override and validate a config file."""
+    from deploy.preprocess import parse_ops
+
+    path = Path(path)
+    tree, origins = _apply_overrides(_load_tree(path), list(overrides or []))
+    where = _origin_lookup(origins)
+
+    def resolve(key: str, value: str) -> Path:
+        origin = where(key)
+        base = Path.cwd() if origin in ("config", OVERRIDE) else Path(origin).parent
+        return (base / Path(value).expanduser()).resolve()
+
+    if "model" not in tree:
+        raise ConfigError(f"{path}: missing section 'model' (set model.dir to the inference model directory)")
+    ops = parse_ops(tree.get("preprocess"), where)
+    body = {k: v for k, v in tree.items() if k != "preprocess"}
+    cfg = build_dataclass(DeployConfig, {**body, "preprocess": []}, "", where, resolve)
+    cfg.preprocess = ops
+    cfg.source = path.resolve()
+    return cfg

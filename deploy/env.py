@@ -1,0 +1,189 @@
+"""Environment probe: what this Paddle build and this machine can run, and why not when they cannot."""
+from __future__ import annotations
+
+import functools
+import os
+import platform
+from dataclasses import dataclass, field
+from importlib import metadata
+from pathlib import Path
+from typing import Optional
+
+DEVICES = ("gpu", "cpu")
+BACKENDS = ("trt", "paddle")
+PRECISIONS = ("fp32", "fp16", "int8", "bf16")
+CPU_FLAGS = ("avx2", "avx512f", "avx512_vnni", "avx_vnni", "avx512_bf16", "amx_bf16", "amx_int8")
+
+
+@dataclass
+class Environment:
+    """Facts about the installed Paddle and the machine."""
+
+    python: str
+    paddle_version: str
+    paddle_commit: str
+    paddleslim_version: Optional[str]
+    cuda_compiled: bool
+    cuda_version: Optional[str]
+    cudnn_version: Optional[str]
+    trt_compile_version: tuple[int, int, int]
+    trt_runtime_version: tuple[int, int, int]
+    onednn: bool
+    gpus: list[str] = field(default_factory=list)
+    cpu_model: str = ""
+    cpu_count: int = 1
+    cpu_flags: dict[str, bool] = field(default_factory=dict)
+
+    @property
+    def trt_compiled(self) -> bool:
+        return self.trt_compile_version[0] > 0
+
+
+def _read_cpu_info() -> tuple[str, set[str]]:
+    try:
+        text = Path("/proc/cpuinfo").read_text()
+    except OSError:
+        return platform.processor(), set()
+    model, flags = "", set()
+    for line in text.splitlines():
+        key, _, value = line.partition(":")
+        key = key.strip()
+        if key == "model name" and not model:
+            model = value.strip()
+        elif key == "flags" and not flags:
+            flags = set(value.split())
+    return model, flags
+
+
+def _dist_version(name: str) -> Optional[str]:
+    try:
+        return metadata.version(name)
+    except metadata.PackageNotFoundError:
+        return None
+
+
+def _gpu_names(paddle) -> list[str]:
+    if not paddle.is_compiled_with_cuda():
+        return []
+    count = paddle.device.cuda.device_count()
+    return [paddle.device.cuda.get_device_name(i) for i in range(count)]
+
+
+@functools.lru_cache(maxsize=1)
+def probe() -> Environment:
+    """Probe the installed Paddle and the machine (cached for the process)."""
+    import paddle
+    import paddle.inference as pi
+
+    model, flags = _read_cpu_info()
+    cuda = paddle.is_compiled_with_cuda()
+    return Environment(
+        python=platform.python_version(),
+        paddle_version=paddle.__version__,
+        paddle_commit=str(paddle.version.commit)[:10],
+        paddleslim_version=_dist_version("paddleslim"),
+        cuda_compiled=cuda,
+        cuda_version=str(paddle.version.cuda()) if cuda else None,
+        cudnn_version=str(paddle.version.cudnn()) if cuda else None,
+        trt_compile_version=tuple(pi.get_trt_compile_version()),
+        trt_runtime_version=tuple(pi.get_trt_runtime_version()),
+        onednn=bool(paddle.base.core.is_compiled_with_mkldnn()),
+        gpus=_gpu_names(paddle),
+        cpu_model=model,
+        cpu_count=os.cpu_count() or 1,
+        cpu_flags={f: f in flags for f in CPU_FLAGS},
+    )
+
+
+def _gpu_reason(env: Environment) -> Optional[str]:
+    if not env.cuda_compiled:
+        return (f"this Paddle build ({env.paddle_version}) has no CUDA; "
+                "install paddlepaddle-gpu on a machine with an NVIDIA GPU")
+    if not env.gpus:
+        return "no NVIDIA GPU is visible (check nvidia-smi and CUDA_VISIBLE_DEVICES)"
+    return None
+
+
+def _trt_reason(env: Environment, precision: str) -> Optional[str]:
+    if not env.trt_compiled:
+        return (f"this Paddle build ({env.paddle_version}) was not compiled with TensorRT "
+                "(get_trt_compile_version() is 0.0.0); install a paddlepaddle-gpu build with TensorRT")
+    if env.trt_runtime_version[0] == 0:
+        return "TensorRT libraries were not found at run time; add TensorRT's lib dir to LD_LIBRARY_PATH"
+    if precision == "bf16":
+        return "bf16 is not offered on TensorRT here; use fp16 or int8"
+    return None
+
+
+def _cpu_reason(env: Environment, backend: str, precision: str) -> Optional[str]:
+    if backend == "trt":
+        return "TensorRT runs only on NVIDIA GPUs; use runtime.backend=paddle on CPU"
+    if precision == "fp16":
+        return "fp16 is not supported on CPU; use fp32, int8 (quantized model) or bf16"
+    if precision in ("int8", "bf16") and not env.onednn:
+        return f"{precision} on CPU needs a Paddle build with oneDNN"
+    if precision == "bf16" and not (env.cpu_flags.get("avx512_bf16") or env.cpu_flags.get("amx_bf16")):
+        return "bf16 on CPU needs avx512_bf16 or AMX, which this CPU does not have; use fp32 or int8"
+    return None
+
+
+def support_reason(env: Environment, device: str, backend: str, precision: str) -> Optional[str]:
+    """None when the combination can run here, else a one-line reason saying what is missing."""
+    if device == "gpu":
+        reason = _gpu_reason(env)
+        if reason:
+            return reason
+        if backend == "trt":
+            return _trt_reason(env, precision)
+        if precision in ("int8", "bf16"):
+            return f"{precision} on GPU runs through TensorRT; use runtime.backend=trt"
+        return None
+    return _cpu_reason(env, backend, precision)
+
+
+def default_device(env: Environment) -> str:
+    """The device ``auto`` picks: the GPU when this build and machine have one, else the CPU."""
+    return "gpu" if env.cuda_compiled and env.gpus else "cpu"
+
+
+INT8_NOTES = {
+    ("gpu", "trt"): "needs a calibration table (tools/calibrate.py) or a quantized model",
+    ("cpu", "paddle"): "oneDNN INT8 on a quantized model (tools/calibrate.py or a PaddleSlim model)",
+}
+
+
+def capability_rows(env: Environment) -> list[tuple[str, str, str, str]]:
+    """Every device/backend/precision combination with 'yes' or the reason it cannot run here."""
+    rows = []
+    for device in DEVICES:
+        for backend in BACKENDS:
+            for precision in PRECISIONS:
+                reason = support_reason(env, device, backend, precision)
+                note = INT8_NOTES.get((device, backend), "") if precision == "int8" else ""
+                status = "yes" + (f" ({note})" if note else "") if reason is None else f"no: {reason}"
+                rows.append((device, backend, precision, status))
+    return rows
+
+
+def _version(v: tuple[int, int, int]) -> str:
+    return ".".join(map(str, v)) if v[0] else "none"
+
+
+def format_env(env: Environment, rows: list[tuple[str, str, str, str]]) -> str:
+    """The probe as text: versions, hardware, then the capability table."""
+    from deploy.table import format_table
+
+    flags = ", ".join(f"{k}={'yes' if v else 'no'}" for k, v in env.cpu_flags.items())
+    facts = [
+        ("python", env.python),
+        ("paddle", f"{env.paddle_version} (commit {env.paddle_commit})"),
+        ("paddleslim", env.paddleslim_version or "not installed"),
+        ("cuda build", f"yes (CUDA {env.cuda_version}, cuDNN {env.cudnn_version})" if env.cuda_compiled else "no"),
+        ("tensorrt", f"compiled {_version(env.trt_compile_version)}, runtime {_version(env.trt_runtime_version)}"),
+        ("onednn", "yes" if env.onednn else "no"),
+        ("gpus", ", ".join(env.gpus) or "none"),
+        ("cpu", f"{env.cpu_model} ({env.cpu_count} cores)"),
+        ("cpu flags", flags),
+    ]
+    head = "\n".join(f"{k:<11} {v}" for k, v in facts)
+    return head + "\n\n" + format_table(("device", "backend", "precision", "runs here"), rows)

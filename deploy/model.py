@@ -1,0 +1,201 @@
+"""Inference model files: locate them from the config, build the demo ones when missing, inspect the program."""
+from __future__ import annotations
+
+import collections
+import functools
+import json
+import logging
+import subprocess
+import sys
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Literal, Optional
+
+from deploy.config import ModelConfig
+from deploy.errors import ModelError
+
+log = logging.getLogger(__name__)
+
+# Op types that only a quantized program (PaddleSlim QAT / post-training quantization) contains.
+QUANT_OP_PREFIXES = ("quantize_linear", "dequantize_linear", "fake_quantize_", "fake_dequantize_",
+                     "fake_channel_wise_", "fake_quantize_dequantize_")
+_PROGRAM_NAMES = ("inference", "model", "__model__")
+
+
+@dataclass(frozen=True)
+class ModelFiles:
+    """The program file (classic .pdmodel or PIR .json) and its params file."""
+
+    program: Path
+    params: Path
+
+    @property
+    def format(self) -> Literal["classic", "pir"]:
+        return "pir" if self.program.suffix == ".json" else "classic"
+
+    @property
+    def dir(self) -> Path:
+        return self.program.parent
+
+
+def _find_in_dir(model_dir: Path) -> Optional[ModelFiles]:
+    for stem in _PROGRAM_NAMES:
+        for suffix in (".pdmodel", ".json", ""):
+            program = model_dir / f"{stem}{suffix}"
+            params = model_dir / f"{stem if stem != '__model__' else '__params__'}.pdiparams"
+            if program.is_file() and params.is_file():
+                return ModelFiles(program, params)
+    programs = sorted(model_dir.glob("*.pdmodel")) + sorted(model_dir.glob("*.json"))
+    pairs = [ModelFiles(p, p.with_suffix(".pdiparams")) for p in programs if p.with_suffix(".pdiparams").is_file()]
+    return pairs[0] if len(pairs) == 1 else None
+
+
+def find_model_files(mc: ModelConfig) -> Optional[ModelFiles]:
+    """The model files the config names, or None when they do not exist (yet)."""
+    if mc.file is not None:
+        params = mc.params or mc.file.with_suffix(".pdiparams")
+        return ModelFiles(mc.file, params) if mc.file.is_file() and params.is_file() else None
+    if mc.dir is not None and mc.dir.is_dir():
+        return _find_in_dir(mc.dir)
+    return None
+
+
+def _describe_missing(mc: ModelConfig) -> str:
+    if mc.file is not None:
+        return f"model file {mc.file} (params {mc.params or mc.file.with_suffix('.pdiparams')})"
+    return f"an inference model (inference.pdmodel or inference.json + inference.pdiparams) in {mc.dir}"
+
+
+def _run_build_script(script: Path, quiet: bool) -> None:
+    log.warning("model not found; building it with: %s %s", Path(sys.executable).name, script)
+    cmd = [sys.executable, str(script)] + (["--quiet"] if quiet else [])
+    result = subprocess.run(cmd, check=False)
+    if result.returncode != 0:
+        raise ModelError(f"building the model with '{script}' failed (exit {result.returncode}); "
+                         f"run 'python {script}' to see why")
+
+
+def ensure_model(mc: ModelConfig, *, quiet: bool = False) -> ModelFiles:
+    """Locate the model; when missing and the config names a build script, run it first."""
+    files = find_model_files(mc)
+    if files is None and mc.build is not None:
+        if not mc.build.is_file():
+            raise ModelError(f"model.build script not found: {mc.build}")
+        _run_build_script(mc.build, quiet)
+        files = find_model_files(mc)
+    if files is None:
+        hint = f"; build it with: python {mc.build}" if mc.build else "; fix model.dir / model.file in the config"
+        raise ModelError(f"missing {_describe_missing(mc)}{hint}")
+    return files
+
+
+@dataclass
+class InputSpec:
+    """One feed of the program: name, shape (-1 for dynamic) and dtype."""
+
+    name: str
+    shape: list[int]
+    dtype: str = "float32"
+
+
+@dataclass
+class ModelInfo:
+    """What the program contains: op counts, quantization ops, inputs."""
+
+    files: ModelFiles
+    op_counts: dict[str, int] = field(default_factory=dict)
+    inputs: list[InputSpec] = field(default_factory=list)
+
+    @property
+    def quant_op_counts(self) -> dict[str, int]:
+        return {op: n for op, n in self.op_counts.items() if op.startswith(QUANT_OP_PREFIXES)}
+
+    @property
+    def quantized(self) -> bool:
+        return bool(self.quant_op_counts)
+
+
+def _inspect_classic(files: ModelFiles) -> ModelInfo:
+    from paddle.base.proto import framework_pb2
+
+    program = framework_pb2.ProgramDesc()
+    try:
+        program.ParseFromString(files.program.read_bytes())
+    except Exception as e:  # protobuf raises its own DecodeError type
+        raise ModelError(f"{files.program} is not a valid Paddle program file: {e}") from e
+    block = program.blocks[0]
+    counts = collections.Counter(op.type for block_ in program.blocks for op in block_.ops)
+    var_types = {v.name: v.type for v in block.vars}
+    feeds = []
+    for op in block.ops:
+        if op.type != "feed":
+            continue
+        name = next(arg for out in op.outputs if out.parameter == "Out" for arg in out.arguments)
+        tensor = var_types[name].dense_tensor.tensor if name in var_types else None
+        dims = list(tensor.dims) if tensor is not None else []
+        dtype = framework_pb2.VarType.Type.Name(tensor.data_type).lower() if tensor is not None else "float32"
+        feeds.append(InputSpec(name, dims, {"fp32": "float32"}.get(dtype, dtype)))
+    counts.pop("feed", None)
+    counts.pop("fetch", None)
+    return ModelInfo(files, dict(counts), feeds)
+
+
+def _inspect_pir(files: ModelFiles) -> ModelInfo:
+    try:
+        data = json.loads(files.program.read_text())
+    except (OSError, ValueError) as e:
+        raise ModelError(f"{files.program} is not a valid PIR json program: {e}") from e
+    counts: collections.Counter = collections.Counter()
+
+    def walk(node) -> None:
+        if isinstance(node, dict):
+            name = node.get("#") or node.get("name")
+            if isinstance(name, str) and "." in name and name.split(".")[0] in ("p", "pd_op", "1", "0"):
+                counts[name.split(".", 1)[1]] += 1
+            for v in node.values():
+                walk(v)
+        elif isinstance(node, list):
+            for v in node:
+                walk(v)
+
+    walk(data)
+    return ModelInfo(files, dict(counts), [])
+
+
+@functools.lru_cache(maxsize=32)
+def _inspect_cached(files: ModelFiles, mtime_ns: int) -> ModelInfo:
+    return _inspect_pir(files) if files.format == "pir" else _inspect_classic(files)
+
+
+def inspect_model(files: ModelFiles) -> ModelInfo:
+    """Read the program (without running it): op counts, whether it is quantized, its feeds."""
+    return _inspect_cached(files, files.program.stat().st_mtime_ns)
+
+
+def quant_scales(files: ModelFiles) -> dict[str, dict]:
+    """Scales a quantized classic-format model carries, by quantized tensor: {tensor: {scale, bits, op}}."""
+    import numpy as np
+    import paddle
+
+    paddle.enable_static()
+    try:
+        scope = paddle.static.Scope()
+        exe = paddle.static.Executor(paddle.CPUPlace())
+        with paddle.static.scope_guard(scope):
+            program, _, _ = paddle.static.load_inference_model(
+                str(files.dir), exe, model_filename=files.program.name, params_filename=files.params.name)
+        scales = {}
+        for op in program.global_block().ops:
+            if not op.type.startswith(QUANT_OP_PREFIXES) or "Scale" not in op.input_names:
+                continue
+            tensor, scale_var = op.input("X")[0], op.input("Scale")[0]
+            found = scope.find_var(scale_var)
+            if found is None or tensor in scales:
+                continue
+            value = np.array(found.get_tensor()).astype(float).ravel()
+            bits = op.attr("bit_length") if op.has_attr("bit_length") else 8
+            scales[tensor] = {"scale": value.tolist() if value.size > 1 else float(value[0]),
+                              "bits": int(bits), "op": op.type}
+        return scales
+    finally:
+        paddle.disable_static()

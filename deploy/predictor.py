@@ -1,0 +1,236 @@
+"""The predictor factory: the ONE place that turns a config into ``paddle.inference.Config`` and a predictor."""
+from __future__ import annotations
+
+import contextlib
+import logging
+import os
+import sys
+import tempfile
+from dataclasses import dataclass, replace
+from pathlib import Path
+from typing import Any, Callable, Iterator, Literal, Optional
+
+import numpy as np
+
+from deploy.config import DeployConfig, RuntimeConfig
+from deploy.env import Environment, default_device, probe, support_reason
+from deploy.errors import DataError, ModelError, UnsupportedError
+from deploy.model import ModelFiles, ModelInfo, ensure_model, inspect_model
+
+log = logging.getLogger(__name__)
+
+# How INT8 gets its scales: Paddle-TRT calibrating now, Paddle-TRT reading a table, or a quantized model.
+Int8Mode = Literal["calibrate", "table", "quantized"]
+
+
+@dataclass(frozen=True)
+class PredictorPlan:
+    """Everything the factory needs, resolved and checked: what runs where, at which precision, from which files."""
+
+    device: str
+    backend: str
+    precision: str
+    model: ModelFiles
+    runtime: RuntimeConfig
+    int8_mode: Optional[Int8Mode] = None
+    collect_shapes: Optional[Path] = None  # run natively and record TRT shape ranges into this file
+
+    @property
+    def use_calib_mode(self) -> bool:
+        return self.int8_mode in ("calibrate", "table")
+
+    def describe(self) -> str:
+        extra = f", int8 from {self.int8_mode}" if self.int8_mode else ""
+        return f"{self.device}/{self.backend}/{self.precision}{extra} ({self.model.program})"
+
+
+def resolve_plan(cfg: DeployConfig, *, env: Optional[Environment] = None, quiet: bool = False,
+                 calibrating: bool = False) -> PredictorPlan:
+    """Check the requested device/backend/precision against this machine and pick the model files to load."""
+    env = env or probe()
+    rt = cfg.runtime
+    device = default_device(env) if rt.device == "auto" else rt.device
+    reason = support_reason(env, device, rt.backend, rt.precision)
+    if reason:
+        raise UnsupportedError(f"cannot run {device}/{rt.backend}/{rt.precision} here: {reason} "
+                               "(see: python tools/env.py)")
+    files = ensure_model(cfg.model, quiet=quiet)
+    plan = PredictorPlan(device, rt.backend, rt.precision, files, rt)
+    info = inspect_model(files)
+    check_input_shape(cfg.model.input_shape, info)
+    if rt.precision != "int8":
+        if info.quantized:
+            log.warning("%s is a quantized model but precision is %s: its fake-quant ops will run in %s; "
+                        "use --precision int8 for INT8 speed", files.program, rt.precision, rt.precision)
+        return plan
+    if info.quantized:
+        return replace(plan, int8_mode="quantized")
+    from deploy.cache import int8_artifacts  # the calibration provenance lives with the cache writer
+
+    int8_files, mode = int8_artifacts(cfg, plan, calibrating=calibrating)
+    return replace(plan, model=int8_files, int8_mode=mode)
+
+
+def check_input_shape(expected: Optional[list[int]], info: ModelInfo) -> None:
+    """Fail when the config's model.input_shape disagrees with the model's static input dims."""
+    if expected is None or not info.inputs:
+        return
+    feed = info.inputs[0]
+    dims = feed.shape[1:] if len(feed.shape) == len(expected) + 1 else feed.shape
+    if len(dims) != len(expected) or any(d > 0 and d != e for d, e in zip(dims, expected)):
+        model_shape = ["?" if d < 0 else d for d in feed.shape]
+        raise ModelError(f"model.input_shape {expected} does not match the model: input '{feed.name}' of "
+                         f"{info.files.program} has shape {model_shape}; fix model.input_shape or model.dir")
+
+
+def _precision_enum(precision: str) -> Any:
+    from paddle.inference import PrecisionType
+
+    return {"fp32": PrecisionType.Float32, "fp16": PrecisionType.Half, "int8": PrecisionType.Int8,
+            "bf16": PrecisionType.Bfloat16}[precision]
+
+
+def _configure_trt(config: Any, plan: PredictorPlan) -> None:
+    trt = plan.runtime.trt
+    config.enable_tensorrt_engine(
+        workspace_size=trt.workspace_size,
+        max_batch_size=trt.max_batch_size or plan.runtime.batch_size,
+        min_subgraph_size=trt.min_subgraph_size,
+        precision_mode=_precision_enum(plan.precision),
+        use_static=trt.use_static,
+        use_calib_mode=plan.use_calib_mode,
+        use_cuda_graph=False,
+    )
+    if trt.disabled_ops:
+        config.exp_disable_tensorrt_ops(list(trt.disabled_ops))
+    shapes = trt.dynamic_shape
+    if shapes.mode == "manual":
+        config.set_trt_dynamic_shape_info(
+            min_input_shape=shapes.min, max_input_shape=shapes.max, optim_input_shape=shapes.opt,
+            disable_trt_plugin_fp16=shapes.disable_trt_plugin_fp16)
+    elif shapes.mode == "tuned":
+        config.enable_tuned_tensorrt_dynamic_shape(
+            shape_range_info_path=str(shape_file(plan)), allow_build_at_runtime=shapes.allow_build_at_runtime)
+    if trt.cache_dir is not None:
+        config.set_optim_cache_dir(str(trt.cache_dir))
+
+
+def shape_file(plan: PredictorPlan) -> Path:
+    """Where TRT shape ranges are collected to and read from."""
+    configured = plan.runtime.trt.dynamic_shape.shape_file
+    return configured or plan.model.dir / "_opt_cache" / "shape_range_info.pbtxt"
+
+
+def _configure_gpu(config: Any, plan: PredictorPlan) -> None:
+    rt = plan.runtime
+    native_precision = "fp16" if plan.backend == "paddle" and plan.precision == "fp16" else "fp32"
+    # enable_use_gpu must come before enable_tensorrt_engine, or Paddle silently leaves TensorRT off.
+    config.enable_use_gpu(memory_pool_init_size_mb=rt.gpu_mem_mb, device_id=rt.gpu_id,
+                          precision_mode=_precision_enum(native_precision))
+    if plan.collect_shapes is not None:
+        config.collect_shape_range_info(str(plan.collect_shapes))
+    elif plan.backend == "trt":
+        _configure_trt(config, plan)
+
+
+def _configure_cpu(config: Any, plan: PredictorPlan) -> None:
+    import os
+
+    config.disable_gpu()
+    config.set_cpu_math_library_num_threads(plan.runtime.cpu_threads or os.cpu_count() or 1)
+    config.enable_mkldnn()
+    if plan.precision == "int8":
+        config.enable_mkldnn_int8()
+    elif plan.precision == "bf16":
+        config.enable_mkldnn_bfloat16()
+
+
+def build_predictor_config(plan: PredictorPlan, config_cls: Optional[Callable[..., Any]] = None) -> Any:
+    """Turn a plan into a ``paddle.inference.Config`` (``config_cls`` lets tests record the calls)."""
+    if config_cls is None:
+        from paddle.inference import Config as config_cls
+    config = config_cls(str(plan.model.program), str(plan.model.params))
+    if plan.device == "gpu":
+        _configure_gpu(config, plan)
+    else:
+        _configure_cpu(config, plan)
+    config.switch_ir_optim(plan.runtime.ir_optim)
+    config.enable_memory_optim(True)
+    config.disable_glog_info()
+    return config
+
+
+@contextlib.contextmanager
+def native_stderr_to_log() -> Iterator[None]:
+    """Route what Paddle's C++ passes print on fd 2 during predictor creation into the debug log."""
+    sys.stderr.flush()
+    saved = os.dup(2)
+    with tempfile.TemporaryFile() as sink:
+        os.dup2(sink.fileno(), 2)
+        try:
+            yield
+        finally:
+            os.dup2(saved, 2)
+            os.close(saved)
+            sink.seek(0)
+            text = sink.read().decode(errors="replace").strip()
+            if text:
+                log.debug("paddle: %s", text)
+
+
+class Predictor:
+    """A Paddle predictor for one image input; a context manager whose close() flushes TRT calibration."""
+
+    def __init__(self, plan: PredictorPlan):
+        import paddle.inference as pi
+
+        self.plan = plan
+        try:
+            with native_stderr_to_log():
+                self._predictor = pi.create_predictor(build_predictor_config(plan))
+        except (RuntimeError, ValueError, OSError) as e:
+            first_line = str(e).strip().splitlines()[-1] if str(e).strip() else type(e).__name__
+            raise ModelError(f"Paddle could not load {plan.model.program} for {plan.describe()}: "
+                             f"{first_line}") from e
+        names = self._predictor.get_input_names()
+        if len(names) != 1:
+            raise ModelError(f"{plan.model.program} has {len(names)} inputs {names}; this runner feeds "
+                             "models with one image input")
+        self.input_name = names[0]
+        feeds = {f.name: f.shape for f in inspect_model(plan.model).inputs}
+        self.input_shape = feeds.get(self.input_name) or []
+        self.output_names = self._predictor.get_output_names()
+
+    def run(self, batch: np.ndarray) -> np.ndarray:
+        """Run one batch; returns the first output."""
+        self._check_shape(batch)
+        handle = self._predictor.get_input_handle(self.input_name)
+        handle.reshape(list(batch.shape))
+        handle.copy_from_cpu(np.ascontiguousarray(batch, dtype=np.float32))
+        self._predictor.run()
+        return self._predictor.get_output_handle(self.output_names[0]).copy_to_cpu()
+
+    def _check_shape(self, batch: np.ndarray) -> None:
+        expected = self.input_shape
+        if not expected:
+            return
+        if len(expected) != batch.ndim or any(e > 0 and e != g for e, g in zip(expected[1:], batch.shape[1:])):
+            want = "x".join("?" if e < 0 else str(e) for e in expected[1:])
+            raise DataError(f"preprocessed images have shape {list(batch.shape[1:])} but the model input "
+                            f"'{self.input_name}' expects [{want.replace('x', ', ')}]; fix the preprocess ops "
+                            "(resize size, decode mode, normalize mean/std count)")
+
+    def close(self) -> None:
+        """Destroy the predictor (Paddle-TRT writes its calibration table only now)."""
+        if getattr(self, "_predictor", None) is not None:
+            del self._predictor
+            self._predictor = None
+            import gc
+
+            gc.collect()
+
+    def __enter__(self) -> "Predictor":
+        return self
+
+    def __exit__(self, *exc: Any) -> None:
+        self.close()

@@ -1,0 +1,251 @@
+"""The one image pipeline: OpenCV decode, then the ordered ops from the YAML ``preprocess`` list.
+
+Inference, calibration, evaluation and benchmarking all build their inputs through ``ImagePipeline``, so a
+calibration set can never be preprocessed differently from what the model sees at inference.
+"""
+from __future__ import annotations
+
+import hashlib
+import json
+import math
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any, Callable, Literal, Optional, Union
+
+import cv2
+import numpy as np
+
+from deploy.errors import ConfigError, DataError
+from deploy.schema import build_dataclass
+
+_INTERPOLATIONS = {
+    "nearest": cv2.INTER_NEAREST,
+    "linear": cv2.INTER_LINEAR,
+    "area": cv2.INTER_AREA,
+    "cubic": cv2.INTER_CUBIC,
+    "lanczos": cv2.INTER_LANCZOS4,
+}
+Interpolation = Literal["nearest", "linear", "area", "cubic", "lanczos"]
+Size = Union[int, list[int]]
+
+
+def _hw(size: Size, name: str) -> tuple[int, int]:
+    if isinstance(size, int):
+        size = [size, size]
+    if len(size) != 2 or min(size) <= 0:
+        raise ValueError(f"'{name}' must be a positive integer or [height, width], got {size}")
+    return int(size[0]), int(size[1])
+
+
+@dataclass
+class Decode:
+    """Decode the file with OpenCV into HWC uint8 (GRAY gives one channel)."""
+
+    mode: Literal["BGR", "RGB", "GRAY"] = "BGR"
+
+
+@dataclass
+class Resize:
+    """Resize to a fixed [height, width], or so the short side has a given length."""
+
+    size: Optional[Size] = None
+    short_side: Optional[int] = None
+    interpolation: Interpolation = "linear"
+
+    def __post_init__(self) -> None:
+        if (self.size is None) == (self.short_side is None):
+            raise ValueError("resize takes exactly one of 'size' ([height, width]) or 'short_side'")
+        if self.size is not None:
+            _hw(self.size, "size")
+        elif self.short_side <= 0:
+            raise ValueError(f"'short_side' must be positive, got {self.short_side}")
+
+
+@dataclass
+class ResizeKeepRatio:
+    """Resize to a fixed height keeping the aspect ratio, the width capped at max_width (PP-OCR style)."""
+
+    height: int = 48
+    max_width: int = 192
+    interpolation: Interpolation = "linear"
+
+
+@dataclass
+class CenterCrop:
+    """Crop [height, width] from the centre; the image must be at least that large."""
+
+    size: Size = 224
+
+    def __post_init__(self) -> None:
+        _hw(self.size, "size")
+
+
+@dataclass
+class Pad:
+    """Pad on the right and bottom to [height, width] with a constant value (after normalize for PP-OCR)."""
+
+    size: Size = 0
+    value: float = 0.0
+
+    def __post_init__(self) -> None:
+        _hw(self.size, "size")
+
+
+@dataclass
+class Normalize:
+    """out = (pixel * scale - mean) / std, per channel, as float32."""
+
+    scale: float = 1.0 / 255.0
+    mean: list[float] = field(default_factory=lambda: [0.485, 0.456, 0.406])
+    std: list[float] = field(default_factory=lambda: [0.229, 0.224, 0.225])
+
+    def __post_init__(self) -> None:
+        if len(self.mean) != len(self.std):
+            raise ValueError(f"mean has {len(self.mean)} values but std has {len(self.std)}")
+        if any(s == 0 for s in self.std):
+            raise ValueError("std values must be non-zero")
+
+
+@dataclass
+class ToCHW:
+    """HWC -> CHW."""
+
+
+OP_TYPES: dict[str, type] = {
+    "decode": Decode,
+    "resize": Resize,
+    "resize_keep_ratio": ResizeKeepRatio,
+    "center_crop": CenterCrop,
+    "pad": Pad,
+    "normalize": Normalize,
+    "to_chw": ToCHW,
+}
+
+
+def parse_ops(raw: Any, where: Callable[[str], str], key: str = "preprocess") -> list[Any]:
+    """Turn the YAML list of ``{op_name: {args}}`` into op dataclasses (first op must be decode)."""
+    from deploy.schema import closest_key
+
+    if not isinstance(raw, list) or not raw:
+        raise ConfigError(f"{where(key)}: '{key}' must be a non-empty list of ops, e.g. [{{decode: {{mode: RGB}}}}]")
+    ops = []
+    for i, item in enumerate(raw):
+        item_key = f"{key}[{i}]"
+        if isinstance(item, str):
+            item = {item: {}}
+        if not isinstance(item, dict) or len(item) != 1:
+            raise ConfigError(f"{where(item_key)}: each op is one mapping like {{resize: {{size: [224, 224]}}}}, "
+                              f"got {item!r}")
+        (name, args), = item.items()
+        if name not in OP_TYPES:
+            raise ConfigError(f"{where(item_key)}: unknown preprocess op '{name}'; {closest_key(name, list(OP_TYPES))}")
+        ops.append(build_dataclass(OP_TYPES[name], args or {}, f"{item_key}.{name}", where))
+    if not isinstance(ops[0], Decode):
+        raise ConfigError(f"{where(key)}: the first preprocess op must be 'decode', got '{raw[0]}'")
+    if any(isinstance(op, Decode) for op in ops[1:]):
+        raise ConfigError(f"{where(key)}: 'decode' may appear only once, as the first op")
+    return ops
+
+
+def ops_fingerprint(ops: list[Any]) -> str:
+    """A stable hash of the preprocess ops, recorded with calibration artifacts."""
+    text = json.dumps([[type(op).__name__, asdict(op)] for op in ops], sort_keys=True)
+    return hashlib.sha256(text.encode()).hexdigest()
+
+
+def read_image(path: Path, mode: str = "BGR") -> np.ndarray:
+    """The one place images are read: decode ``path`` into HWC uint8, or raise DataError."""
+    try:
+        data = np.fromfile(str(path), dtype=np.uint8)
+    except OSError as e:
+        raise DataError(f"cannot read image {path}: {e.strerror or e}") from e
+    flag = cv2.IMREAD_GRAYSCALE if mode == "GRAY" else cv2.IMREAD_COLOR
+    image = cv2.imdecode(data, flag) if data.size else None
+    if image is None:
+        raise DataError(f"cannot decode image {path}: not an image OpenCV can read, or the file is corrupt")
+    if mode == "GRAY":
+        return image[:, :, None]
+    if mode == "RGB":
+        return cv2.cvtColor(image, cv2.COLOR_BGR2RGB)
+    return image
+
+
+def _resize(img: np.ndarray, op: Resize) -> np.ndarray:
+    h, w = img.shape[:2]
+    if op.size is not None:
+        out_h, out_w = _hw(op.size, "size")
+    else:
+        ratio = op.short_side / min(h, w)
+        out_h, out_w = max(1, round(h * ratio)), max(1, round(w * ratio))
+    return cv2.resize(img, (out_w, out_h), interpolation=_INTERPOLATIONS[op.interpolation])
+
+
+def _resize_keep_ratio(img: np.ndarray, op: ResizeKeepRatio) -> np.ndarray:
+    h, w = img.shape[:2]
+    out_w = min(op.max_width, max(1, int(math.ceil(op.height * w / h))))
+    return cv2.resize(img, (out_w, op.height), interpolation=_INTERPOLATIONS[op.interpolation])
+
+
+def _center_crop(img: np.ndarray, op: CenterCrop) -> np.ndarray:
+    ch, cw = _hw(op.size, "size")
+    h, w = img.shape[:2]
+    if h < ch or w < cw:
+        raise DataError(f"center_crop {ch}x{cw} is larger than the image ({h}x{w}); resize first")
+    top, left = (h - ch) // 2, (w - cw) // 2
+    return img[top:top + ch, left:left + cw]
+
+
+def _pad(img: np.ndarray, op: Pad) -> np.ndarray:
+    th, tw = _hw(op.size, "size")
+    h, w = img.shape[:2]
+    if h > th or w > tw:
+        raise DataError(f"pad to {th}x{tw} but the image is already {h}x{w}; resize first")
+    out = np.full((th, tw) + img.shape[2:], op.value, dtype=np.float32)
+    out[:h, :w] = img
+    return out
+
+
+def _normalize(img: np.ndarray, op: Normalize) -> np.ndarray:
+    channels = img.shape[2]
+    if len(op.mean) not in (1, channels):
+        raise DataError(f"normalize has {len(op.mean)} mean/std values but the image has {channels} channels; "
+                        "fix preprocess.normalize or decode.mode")
+    mean = np.asarray(op.mean, dtype=np.float32)
+    std = np.asarray(op.std, dtype=np.float32)
+    return (img.astype(np.float32) * np.float32(op.scale) - mean) / std
+
+
+def _as_hwc(img: np.ndarray) -> np.ndarray:
+    return img if img.ndim == 3 else img[:, :, None]
+
+
+_APPLY: dict[type, Callable[[np.ndarray, Any], np.ndarray]] = {
+    Resize: lambda img, op: _as_hwc(_resize(img, op)),
+    ResizeKeepRatio: lambda img, op: _as_hwc(_resize_keep_ratio(img, op)),
+    CenterCrop: _center_crop,
+    Pad: _pad,
+    Normalize: _normalize,
+    ToCHW: lambda img, op: np.ascontiguousarray(img.transpose(2, 0, 1)),
+}
+
+
+class ImagePipeline:
+    """Decode a file and apply the configured ops; ``__call__`` returns one float32 array."""
+
+    def __init__(self, ops: list[Any]):
+        self.decode: Decode = ops[0]
+        self.ops = ops[1:]
+
+    def __call__(self, path: Path) -> np.ndarray:
+        img = read_image(path, self.decode.mode)
+        for op in self.ops:
+            img = _APPLY[type(op)](img, op)
+        return img.astype(np.float32, copy=False)
+
+    def batch(self, arrays: list[np.ndarray]) -> np.ndarray:
+        """Stack preprocessed images; all must share one shape."""
+        shapes = {a.shape for a in arrays}
+        if len(shapes) > 1:
+            raise DataError(f"preprocessed images have different shapes {sorted(shapes)}; add a fixed-size "
+                            "resize/center_crop/pad op to preprocess")
+        return np.stack(arrays)

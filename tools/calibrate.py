@@ -1,0 +1,34 @@
+"""INT8 calibration: python tools/calibrate.py -c configs/lenet_mnist.yml
+
+On a TensorRT build (runtime.backend=trt) writes the Paddle-TRT calibration table; on CPU writes a PaddleSlim
+post-training quantized model. Both are recorded in <model dir>/_opt_cache/calibration.json.
+"""
+import argparse
+from pathlib import Path
+
+import _bootstrap  # noqa: F401
+from deploy.cli import add_config_args, add_runtime_args, load_config_from_args, run_tool
+
+
+def main(argv=None):
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    add_config_args(parser)
+    add_runtime_args(parser, precision=False)
+    parser.add_argument("--images", help="calibration images (default: calibration.images)")
+    parser.add_argument("--num-images", type=int, help="how many images (default: calibration.num_images)")
+    parser.add_argument("--algo", help="CPU quantization algorithm: hist (default), KL, mse, avg, abs_max, emd")
+    parser.add_argument("--allow-fewer", action="store_true", default=None,
+                        help="proceed with a warning when fewer readable images than asked are found")
+    parser.add_argument("--output-dir", type=Path, help="CPU quantized model dir (default: calibration.output_dir)")
+    args = parser.parse_args(argv)
+    from deploy.calibration import calibrate
+
+    cfg = load_config_from_args(args, [f"calibration.algo={args.algo}"] if args.algo else [])
+    result = calibrate(cfg, images=args.images, num_images=args.num_images, allow_fewer=args.allow_fewer,
+                       output_dir=args.output_dir, quiet=args.quiet)
+    print(f"calibrated {result.target} INT8 from {result.images} images in {result.seconds:.1f} s: "
+          f"{', '.join(str(p) for p in result.artifacts)}; manifest {result.manifest}")
+
+
+if __name__ == "__main__":
+    run_tool(main)
