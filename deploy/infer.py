@@ -54,10 +54,10 @@ def run_inference(cfg: DeployConfig, *, images: Optional[str] = None, output: Op
     source = images or cfg.data.images
     if source is None:
         raise DataError("no images to run: pass --image FILE|DIR|LIST or set data.images in the config")
+    plan = resolve_plan(cfg, quiet=quiet)
     label_names = load_label_names(cfg.postprocess.label_list)
     items = list_images(source, label_names)
     single = len(items) == 1 and Path(str(source)).is_file() and Path(str(source)).suffix.lower() != ".txt"
-    plan = resolve_plan(cfg, quiet=quiet)
     log.info("running %s", plan.describe())
     pipeline = ImagePipeline(cfg.preprocess)
     failures: list[str] = []

@@ -78,9 +78,14 @@ def check_input_shape(expected: Optional[list[int]], info: ModelInfo) -> None:
     feed = info.inputs[0]
     dims = feed.shape[1:] if len(feed.shape) == len(expected) + 1 else feed.shape
     if len(dims) != len(expected) or any(d > 0 and d != e for d, e in zip(dims, expected)):
-        model_shape = ["?" if d < 0 else d for d in feed.shape]
         raise ModelError(f"model.input_shape {expected} does not match the model: input '{feed.name}' of "
-                         f"{info.files.program} has shape {model_shape}; fix model.input_shape or model.dir")
+                         f"{info.files.program} has shape {format_shape(feed.shape)}; fix model.input_shape "
+                         "or model.dir")
+
+
+def format_shape(dims: list[int]) -> str:
+    """[?, 1, 28, 28] for [-1, 1, 28, 28]."""
+    return "[" + ", ".join("?" if d < 0 else str(d) for d in dims) + "]"
 
 
 def _precision_enum(precision: str) -> Any:
@@ -215,9 +220,8 @@ class Predictor:
         if not expected:
             return
         if len(expected) != batch.ndim or any(e > 0 and e != g for e, g in zip(expected[1:], batch.shape[1:])):
-            want = "x".join("?" if e < 0 else str(e) for e in expected[1:])
             raise DataError(f"preprocessed images have shape {list(batch.shape[1:])} but the model input "
-                            f"'{self.input_name}' expects [{want.replace('x', ', ')}]; fix the preprocess ops "
+                            f"'{self.input_name}' expects {format_shape(expected[1:])}; fix the preprocess ops "
                             "(resize size, decode mode, normalize mean/std count)")
 
     def close(self) -> None:
