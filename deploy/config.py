@@ -131,16 +131,22 @@ class CalibrationConfig:
 
 @dataclass
 class QatConfig:
-    """Quantization-aware training of a dygraph network from its FP32 weights."""
+    """Quantization-aware training of a dygraph network from its FP32 weights; exports to model.dir."""
 
-    network: Optional[str] = None  # "path/to/net.py:ClassName", relative to the config file
-    export_network: Optional[str] = None  # wrapper used for export (e.g. adds softmax); default: network
-    weights: Optional[Path] = None
-    train_images: Optional[Path] = None
+    network_file: Optional[Path] = None  # the .py file that defines the network
+    network_class: Optional[str] = None  # the nn.Layer class in it (built with no arguments)
+    weights: Optional[Path] = None  # FP32 state dict (paddle.save) the network starts from
+    weights_build: Optional[Path] = None  # a script that produces the weights when they are missing
+    train_images: Optional[Path] = None  # labelled folder or list file, preprocessed like inference
     epochs: int = 2
     learning_rate: float = 1e-4
     batch_size: int = 64
     seed: int = 0
+    export_softmax: bool = False  # append softmax at export (for networks that train on logits)
+
+    def __post_init__(self) -> None:
+        if self.epochs < 1 or self.batch_size < 1 or self.learning_rate <= 0:
+            raise ValueError("'qat.epochs' and 'qat.batch_size' must be >= 1 and 'qat.learning_rate' > 0")
 
 
 @dataclass

@@ -199,3 +199,18 @@ def quant_scales(files: ModelFiles) -> dict[str, dict]:
         return scales
     finally:
         paddle.disable_static()
+
+
+def describe_model(info: ModelInfo) -> dict:
+    """A JSON-ready summary: files, inputs, quantization ops, op counts."""
+    return {
+        "program": str(info.files.program),
+        "format": info.files.format,
+        "params": str(info.files.params),
+        "params_mb": info.files.params.stat().st_size / 2**20,
+        "inputs": [{"name": f.name, "shape": ["?" if d < 0 else d for d in f.shape], "dtype": f.dtype}
+                   for f in info.inputs],
+        "quantized": info.quantized,
+        "quant_ops": dict(sorted(info.quant_op_counts.items())),
+        "ops": dict(sorted(info.op_counts.items(), key=lambda kv: (-kv[1], kv[0]))),
+    }
