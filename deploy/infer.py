@@ -11,7 +11,7 @@ from tqdm import tqdm
 
 from deploy.cache import atomic_write_json
 from deploy.config import DeployConfig
-from deploy.data import ImageItem, iter_batches, list_images, load_label_names
+from deploy.data import IMAGE_SUFFIXES, ImageItem, iter_batches, list_images, load_label_names
 from deploy.errors import DataError
 from deploy.postprocess import Prediction, topk
 from deploy.predictor import Predictor, resolve_plan
@@ -57,7 +57,7 @@ def run_inference(cfg: DeployConfig, *, images: Optional[str] = None, output: Op
     plan = resolve_plan(cfg, quiet=quiet)
     label_names = load_label_names(cfg.postprocess.label_list)
     items = list_images(source, label_names)
-    single = len(items) == 1 and Path(str(source)).is_file() and Path(str(source)).suffix.lower() != ".txt"
+    single = Path(str(source)).is_file() and Path(str(source)).suffix.lower() in IMAGE_SUFFIXES
     log.info("running %s", plan.describe())
     pipeline = ImagePipeline(cfg.preprocess)
     failures: list[str] = []

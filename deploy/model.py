@@ -66,7 +66,8 @@ def _describe_missing(mc: ModelConfig) -> str:
     return f"an inference model (inference.pdmodel or inference.json + inference.pdiparams) in {mc.dir}"
 
 
-def _run_build_script(script: Path, quiet: bool) -> None:
+def run_build_script(script: Path, quiet: bool) -> None:
+    """Run a model's build script with this Python; its progress shows on the console."""
     log.warning("model not found; building it with: %s %s", Path(sys.executable).name, script)
     cmd = [sys.executable, str(script)] + (["--quiet"] if quiet else [])
     result = subprocess.run(cmd, check=False)
@@ -81,7 +82,7 @@ def ensure_model(mc: ModelConfig, *, quiet: bool = False) -> ModelFiles:
     if files is None and mc.build is not None:
         if not mc.build.is_file():
             raise ModelError(f"model.build script not found: {mc.build}")
-        _run_build_script(mc.build, quiet)
+        run_build_script(mc.build, quiet)
         files = find_model_files(mc)
     if files is None:
         hint = f"; build it with: python {mc.build}" if mc.build else "; fix model.dir / model.file in the config"

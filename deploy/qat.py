@@ -18,7 +18,7 @@ from deploy import cache
 from deploy.config import DeployConfig, QatConfig
 from deploy.data import ImageItem, iter_batches, list_images, load_label_names
 from deploy.errors import ConfigError, DataError, ModelError
-from deploy.model import ModelFiles, _run_build_script, inspect_model
+from deploy.model import ModelFiles, run_build_script, inspect_model
 from deploy.preprocess import ImagePipeline
 
 log = logging.getLogger(__name__)
@@ -108,7 +108,7 @@ def _fp32_network(qc: QatConfig, quiet: bool) -> Any:
     import paddle
 
     if not qc.weights.is_file() and qc.weights_build is not None:
-        _run_build_script(qc.weights_build, quiet)
+        run_build_script(qc.weights_build, quiet)
     if not qc.weights.is_file():
         hint = f"; build them with: python {qc.weights_build}" if qc.weights_build else ""
         raise ModelError(f"FP32 weights not found: {qc.weights}{hint}")

@@ -75,3 +75,15 @@ def test_env_prints_capability_table():
     assert "cpu     paddle   fp32       yes" in result.stdout
     assert "gpu     trt      int8       no:" in result.stdout
     assert json.loads(run_tool("env", "--json", check=True).stdout)["paddle_version"]
+
+
+def test_list_file_with_labels(lenet, tmp_path):
+    test_dir = lenet / "data" / "test"
+    lines = [f"{p.relative_to(test_dir)} {p.parent.name}" for p in sorted(test_dir.glob("[27]/*.png"))[:150]]
+    shutil.copytree(test_dir / "2", tmp_path / "2")
+    shutil.copytree(test_dir / "7", tmp_path / "7")
+    listing = tmp_path / "val_list.txt"
+    listing.write_text("# path label\n" + "\n".join(lines) + "\n")
+    result = run_tool("infer", "-c", LENET_CONFIG, "--image", listing, "--quiet", check=True)
+    summary = result.stdout.strip().splitlines()[-1]
+    assert summary.startswith("summary: 150 images, 0 failures") and "over 150 labelled" in summary
