@@ -6,6 +6,7 @@ import argparse
 import logging
 import sys
 import warnings
+from pathlib import Path
 from typing import Callable, Optional
 
 from deploy.errors import DeployError
@@ -72,3 +73,48 @@ def run_tool(main: Callable[[Optional[list[str]]], Optional[int]], argv: Optiona
         print("error: interrupted; artifacts from earlier runs are untouched", file=sys.stderr)
         sys.exit(130)
     sys.exit(code or 0)
+
+
+def add_comparison_args(parser: argparse.ArgumentParser) -> None:
+    """--precisions, --compare, --output-dir: which runs a precision report compares, and where it goes."""
+    group = parser.add_argument_group("comparison (the -c config at fp32 is always run: it is the reference)")
+    group.add_argument("--precisions", default="fp32,int8", metavar="LIST",
+                       help=f"precisions of the -c config, comma-separated from {', '.join(PRECISIONS)} "
+                            "(default: fp32,int8)")
+    group.add_argument("--compare", action="append", default=[], metavar="[LABEL=]CONFIG:PRECISION",
+                       help="add another config at one precision, e.g. qat=configs/lenet_mnist_qat.yml:int8; runtime "
+                            "shortcuts (--threads, --device, ...) apply to it too, -o only to -c "
+                            "(repeatable; default label: <config name>:<precision>)")
+    group.add_argument("--output-dir", type=Path, help="write report.json, report.md and PNG plots here")
+
+
+def add_benchmark_args(parser: argparse.ArgumentParser) -> None:
+    """--batch-sizes, --warmup, --iters."""
+    group = parser.add_argument_group("benchmark")
+    group.add_argument("--batch-sizes", metavar="LIST", help="comma-separated, e.g. 1,8,64 "
+                                                             "(default: runtime.batch_size)")
+    group.add_argument("--warmup", type=int, default=10, help="untimed runs per predictor (default: 10)")
+    group.add_argument("--iters", type=int, default=100, help="timed iterations per run (default: 100)")
+
+
+def int_list(text: Optional[str], option: str) -> list[int]:
+    """'1,8,64' -> [1, 8, 64]; positive integers only (ConfigError otherwise)."""
+    from deploy.errors import ConfigError
+
+    if not text:
+        return []
+    try:
+        values = [int(v) for v in text.split(",") if v.strip()]
+    except ValueError as e:
+        raise ConfigError(f"{option} '{text}': expected comma-separated integers, e.g. 1,8,64") from e
+    if not values or min(values) < 1:
+        raise ConfigError(f"{option} '{text}': expected positive integers, e.g. 1,8,64")
+    return values
+
+
+def run_specs_from_args(args: argparse.Namespace) -> list:
+    """The RunSpecs of -c at --precisions plus each --compare: runtime shortcuts apply to all, -o to -c only."""
+    from deploy.runs import parse_precisions, run_specs
+
+    shortcuts = overrides_from_args(argparse.Namespace(**{**vars(args), "override": []}))
+    return run_specs(args.config, parse_precisions(args.precisions), args.compare, args.override, shortcuts)

@@ -1,0 +1,171 @@
+"""PNG plots of a precision report, rendered from the report JSON with matplotlib's Agg backend (no display,
+no pyplot global state). Each function returns PNG bytes, so the caller writes them atomically.
+"""
+from __future__ import annotations
+
+import io
+import math
+from typing import Optional, Sequence
+
+import numpy as np
+from matplotlib.backends.backend_agg import FigureCanvasAgg
+from matplotlib.figure import Figure
+
+DPI = 110
+_PALETTE = ["#1f77b4", "#d62728", "#2ca02c", "#ff7f0e", "#9467bd", "#8c564b", "#e377c2", "#7f7f7f", "#bcbd22",
+            "#17becf"]
+
+
+def run_colors(labels: Sequence[str]) -> dict[str, str]:
+    """One fixed colour per run label, the same in every plot."""
+    return {label: _PALETTE[i % len(_PALETTE)] for i, label in enumerate(labels)}
+
+
+def _png(fig: Figure) -> bytes:
+    FigureCanvasAgg(fig)
+    buf = io.BytesIO()
+    fig.savefig(buf, format="png", dpi=DPI, bbox_inches="tight")
+    return buf.getvalue()
+
+
+def _zoomed_floor(values: Sequence[float]) -> float:
+    """A y-axis floor (percent) that shows differences between values close to 100%."""
+    low = min(values)
+    return max(0.0, math.floor((low - max(2.0, (100 - low) * 0.5)) / 2) * 2)
+
+
+def _label_bars(ax, bars, texts: Sequence[str], fontsize: int = 8) -> None:
+    for bar, text in zip(bars, texts):
+        ax.annotate(text, (bar.get_x() + bar.get_width() / 2, bar.get_height()), xytext=(0, 2),
+                    textcoords="offset points", ha="center", va="bottom", fontsize=fontsize)
+
+
+def _grouped_bars(ax, groups: Sequence[str], series: dict[str, list[float]], colors: dict[str, str],
+                  texts: Optional[dict[str, list[str]]] = None) -> None:
+    """Bars of each series side by side within each group."""
+    width = 0.8 / max(1, len(series))
+    x = np.arange(len(groups))
+    for i, (name, values) in enumerate(series.items()):
+        bars = ax.bar(x + (i - (len(series) - 1) / 2) * width, values, width, label=name, color=colors[name])
+        if texts is not None:
+            _label_bars(ax, bars, texts[name])
+    ax.set_xticks(x, groups)
+
+
+def accuracy_plot(accuracy: dict, colors: dict[str, str]) -> bytes:
+    """Top-1/top-5 per run (left) and top-1 agreement with the reference per run (right)."""
+    results = accuracy["results"]
+    labels = [r["label"] for r in results]
+    fig = Figure(figsize=(max(7.5, 1.6 * len(labels) + 4), 4.0), layout="constrained")
+    left, right = fig.subplots(1, 2, gridspec_kw={"width_ratios": [2, 1.3]})
+    metrics = [m for m in ("top1", "top5") if all(r[m] is not None for r in results)]
+    if metrics:
+        series = {r["label"]: [100 * r[m] for m in metrics] for r in results}
+        _grouped_bars(left, [m.replace("top", "top-") for m in metrics], series, colors,
+                      {k: [f"{v:.2f}" for v in vals] for k, vals in series.items()})
+        left.set_ylim(_zoomed_floor([v for vals in series.values() for v in vals]), 100.8)
+        left.legend(fontsize=8, loc="upper left")
+    else:
+        left.text(0.5, 0.5, "no labels: accuracy not computed", ha="center", va="center", transform=left.transAxes)
+    left.set_ylabel("accuracy (%)")
+    left.set_title(f"Accuracy on {accuracy['labelled']} labelled images", fontsize=10)
+    agree = [100 * r["top1_agreement"] for r in results]
+    bars = right.bar(range(len(labels)), agree, color=[colors[x] for x in labels])
+    _label_bars(right, bars, [f"{v:.2f}\nmin cos {r['cosine_min']:.4f}" for v, r in zip(agree, results)], 7)
+    right.set_xticks(range(len(labels)), labels, rotation=20 if len(labels) > 3 else 0, fontsize=8)
+    floor = _zoomed_floor(agree)
+    right.set_ylim(floor, 100 + (100 - floor) * 0.22)
+    right.set_yticks([t for t in right.get_yticks() if t <= 100])
+    right.set_ylabel(f"top-1 agreement with {accuracy['reference']} (%)")
+    right.set_title(f"Agreement with {accuracy['reference']}", fontsize=10)
+    for ax in (left, right):
+        ax.grid(axis="y", alpha=0.3)
+    return _png(fig)
+
+
+def latency_cdf_plot(benchmark: dict, colors: dict[str, str]) -> bytes:
+    """Empirical CDF of predictor-only latency per run, one panel per batch size."""
+    sizes = benchmark["batch_sizes"]
+    fig = Figure(figsize=(4.2 * len(sizes) + 0.6, 3.8), layout="constrained")
+    axes = np.atleast_1d(fig.subplots(1, len(sizes), squeeze=False)[0])
+    for ax, bs in zip(axes, sizes):
+        for entry in (e for e in benchmark["results"] if e["batch_size"] == bs):
+            samples = np.sort(entry["samples_ms"])
+            fraction = np.arange(1, len(samples) + 1) / len(samples)
+            ax.step(samples, fraction, where="post", color=colors[entry["label"]],
+                    label=f"{entry['label']} (p50 {entry['latency_ms']['p50']:.2f} ms)")
+        ax.set_title(f"batch {bs}", fontsize=10)
+        ax.set_xlabel("latency per batch (ms)")
+        ax.set_ylim(0, 1.02)
+        ax.grid(alpha=0.3)
+        ax.legend(fontsize=7, loc="lower right")
+    axes[0].set_ylabel("fraction of iterations")
+    fig.suptitle(f"Predictor latency CDF ({benchmark['iters']} interleaved iterations)", fontsize=11)
+    return _png(fig)
+
+
+def throughput_plot(benchmark: dict, colors: dict[str, str]) -> bytes:
+    """Images/s per batch size, predictor-only (left) and end-to-end (right), bars labelled with the ratio."""
+    sizes = benchmark["batch_sizes"]
+    labels = list(dict.fromkeys(e["label"] for e in benchmark["results"]))
+    by_key = {(e["label"], e["batch_size"]): e for e in benchmark["results"]}
+    fig = Figure(figsize=(max(8.0, 1.2 * len(sizes) * len(labels) + 3), 4.0), layout="constrained")
+    axes = fig.subplots(1, 2)
+    for ax, prefix, title in ((axes[0], "", "predictor only"), (axes[1], "e2e_", "decode + preprocess + infer")):
+        series = {lab: [by_key[(lab, bs)][f"{prefix}throughput_ips"] for bs in sizes] for lab in labels}
+        ratios = {lab: [_ratio_text(by_key[(lab, bs)][f"{prefix}throughput_ratio"]) for bs in sizes]
+                  for lab in labels}
+        _grouped_bars(ax, [f"batch {bs}" for bs in sizes], series, colors, ratios)
+        ax.set_ylabel("images/s (median latency)")
+        ax.set_title(title, fontsize=10)
+        ax.set_ylim(0, 1.15 * max(v for vals in series.values() for v in vals))
+        ax.grid(axis="y", alpha=0.3)
+    axes[0].legend(fontsize=8, loc="upper left")
+    fig.suptitle(f"Throughput (bar label: x {benchmark['reference']})", fontsize=11)
+    return _png(fig)
+
+
+def _ratio_text(ratio: Optional[float]) -> str:
+    return "" if ratio is None else f"x{ratio:.2f}"
+
+
+def calib_sweep_plot(sweep: dict, reference_top1: Optional[float]) -> bytes:
+    """INT8 top-1 and agreement (left) and output cosine (right) against the calibration-set size."""
+    points = sweep["results"]
+    sizes = [p["num_images"] for p in points]
+    fig = Figure(figsize=(10.0, 4.0), layout="constrained")
+    left, right = fig.subplots(1, 2)
+    values = []
+    if all(p["top1"] is not None for p in points):
+        _annotated_line(left, sizes, [100 * p["top1"] for p in points], "o-", _PALETTE[1], "INT8 top-1", values)
+    _annotated_line(left, sizes, [100 * p["top1_agreement"] for p in points], "s--", _PALETTE[2],
+                    "top-1 agreement with FP32", values)
+    if reference_top1 is not None:
+        left.axhline(100 * reference_top1, color=_PALETTE[0], linestyle=":", label="FP32 top-1")
+        values.append(100 * reference_top1)
+    left.set_ylim(_zoomed_floor(values), 100.8)
+    left.set_ylabel("%")
+    left.set_title("INT8 accuracy vs calibration-set size", fontsize=10)
+    _annotated_line(right, sizes, [p["cosine_mean"] for p in points], "o-", _PALETTE[4], "mean", [], "{:.5f}")
+    _annotated_line(right, sizes, [p["cosine_min"] for p in points], "s--", _PALETTE[3], "min", [], "{:.4f}")
+    right.margins(y=0.15)
+    right.set_ylabel("cosine similarity with FP32 outputs")
+    right.set_title("Output cosine vs calibration-set size", fontsize=10)
+    for ax in (left, right):
+        ax.set_xscale("log")
+        ax.set_xticks(sizes, [str(s) for s in sizes])
+        ax.minorticks_off()
+        ax.margins(x=0.1)
+        ax.set_xlabel(f"calibration images ({sweep['algo']})")
+        ax.grid(alpha=0.3)
+        ax.legend(fontsize=8, loc="best")
+    return _png(fig)
+
+
+def _annotated_line(ax, xs: Sequence[float], ys: Sequence[float], style: str, color: str, label: str,
+                    collect: list, fmt: str = "{:.2f}") -> None:
+    ax.plot(xs, ys, style, color=color, label=label)
+    for x, y in zip(xs, ys):
+        ax.annotate(fmt.format(y), (x, y), xytext=(0, 7), textcoords="offset points", ha="center", fontsize=7,
+                    color=color)
+    collect.extend(ys)

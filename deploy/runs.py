@@ -1,0 +1,112 @@
+"""What a comparison runs: the ``-c`` config at each of ``--precisions``, plus ``--compare`` entries that bring
+other configs (e.g. a QAT model) into the same report. The ``-c`` config at fp32 is always run first: it is the
+reference every other run is compared with.
+"""
+from __future__ import annotations
+
+import logging
+from dataclasses import dataclass, replace
+from pathlib import Path
+from typing import Optional, Sequence
+
+from deploy.config import DeployConfig, load_config
+from deploy.env import PRECISIONS
+from deploy.errors import ConfigError
+from deploy.predictor import PredictorPlan, resolve_plan
+from deploy.preprocess import ops_fingerprint
+
+log = logging.getLogger(__name__)
+
+REFERENCE_PRECISION = "fp32"
+COMPARE_FORMAT = "[LABEL=]CONFIG:PRECISION, e.g. qat=configs/lenet_mnist_qat.yml:int8"
+
+
+@dataclass(frozen=True)
+class RunSpec:
+    """One column of the report: a config file at one precision, under a unique label."""
+
+    label: str
+    config: Path
+    precision: str
+    overrides: tuple[str, ...] = ()
+
+
+@dataclass(frozen=True)
+class Run:
+    """A loaded RunSpec: its typed config (precision applied) and its checked predictor plan."""
+
+    spec: RunSpec
+    cfg: DeployConfig
+    plan: PredictorPlan
+
+    @property
+    def label(self) -> str:
+        return self.spec.label
+
+    def with_batch_size(self, batch_size: int) -> "Run":
+        """The same run at another batch size (TensorRT sizes its engine from runtime.batch_size)."""
+        runtime = replace(self.cfg.runtime, batch_size=batch_size)
+        return replace(self, cfg=replace(self.cfg, runtime=runtime), plan=replace(self.plan, runtime=runtime))
+
+
+def parse_precisions(text: str) -> list[str]:
+    """'fp32,int8' -> ['fp32', 'int8']."""
+    names = [p.strip() for p in text.split(",") if p.strip()]
+    unknown = [p for p in names if p not in PRECISIONS]
+    if unknown or not names:
+        raise ConfigError(f"--precisions '{text}': unknown precision {unknown[0] if unknown else text!r}; "
+                          f"give a comma-separated list of {', '.join(PRECISIONS)}")
+    return list(dict.fromkeys(names))
+
+
+def parse_compare(text: str) -> tuple[Optional[str], Path, str]:
+    """'[LABEL=]CONFIG:PRECISION' -> (label or None, config path, precision)."""
+    label, sep, rest = text.partition("=")
+    if not sep:
+        label, rest = None, text
+    config, colon, precision = rest.rpartition(":")
+    if not colon or not config or precision not in PRECISIONS or (sep and not label):
+        raise ConfigError(f"--compare '{text}': expected {COMPARE_FORMAT} (precision one of {', '.join(PRECISIONS)})")
+    return label, Path(config), precision
+
+
+def run_specs(config: Path | str, precisions: Sequence[str], compare: Sequence[str] = (),
+              overrides: Sequence[str] = (), shared: Sequence[str] = ()) -> list[RunSpec]:
+    """The reference (``config`` at fp32), ``config`` at each other precision, then each ``--compare`` entry.
+
+    ``shared`` overrides (the runtime shortcuts like --threads) apply to every run, so the comparison is fair;
+    ``overrides`` (-o) apply to ``config`` only: a compare config is taken as its file says.
+    """
+    if REFERENCE_PRECISION not in precisions:
+        log.info("adding %s of %s as the reference run", REFERENCE_PRECISION, config)
+    ordered = [REFERENCE_PRECISION] + [p for p in precisions if p != REFERENCE_PRECISION]
+    specs = [RunSpec(p, Path(config), p, (*shared, *overrides)) for p in ordered]
+    for text in compare:
+        label, path, precision = parse_compare(text)
+        specs.append(RunSpec(label or f"{path.stem}:{precision}", path, precision, tuple(shared)))
+    labels = [s.label for s in specs]
+    duplicates = sorted({label for label in labels if labels.count(label) > 1})
+    if duplicates:
+        raise ConfigError(f"run label {duplicates[0]!r} is used twice; name --compare runs with LABEL=, "
+                          f"e.g. --compare qat=configs/lenet_mnist_qat.yml:int8")
+    return specs
+
+
+def load_runs(specs: Sequence[RunSpec], *, quiet: bool = False) -> list[Run]:
+    """Load every config and check every plan up front, so an impossible run fails before any work."""
+    runs = []
+    for spec in specs:
+        cfg = load_config(spec.config, [*spec.overrides, f"runtime.precision={spec.precision}"])
+        runs.append(Run(spec, cfg, resolve_plan(cfg, quiet=quiet)))
+        log.info("run %-16s %s", spec.label, runs[-1].plan.describe())
+    return runs
+
+
+def check_same_preprocess(runs: Sequence[Run]) -> None:
+    """Comparisons feed every run the same arrays: all configs must preprocess identically."""
+    reference = runs[0]
+    for run in runs[1:]:
+        if ops_fingerprint(run.cfg.preprocess) != ops_fingerprint(reference.cfg.preprocess):
+            raise ConfigError(f"run '{run.label}' ({run.spec.config}) preprocesses images differently from "
+                              f"'{reference.label}' ({reference.spec.config}); every run of a comparison sees the "
+                              "same preprocessed batches, so give them the same 'preprocess' ops")
