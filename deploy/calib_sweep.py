@@ -9,7 +9,7 @@ import shutil
 import tempfile
 from dataclasses import asdict, replace
 from pathlib import Path
-from typing import Sequence
+from typing import TYPE_CHECKING, Sequence
 
 import numpy as np
 
@@ -19,6 +19,9 @@ from deploy.errors import CalibrationError
 from deploy.model import ModelFiles, inspect_model
 from deploy.predictor import resolve_plan
 from deploy.runs import Run, RunSpec
+
+if TYPE_CHECKING:
+    from deploy.evaluate import EvalSet
 
 log = logging.getLogger(__name__)
 
@@ -45,7 +48,7 @@ def scratch_config(cfg: DeployConfig, model_dir: Path, num_images: int) -> Deplo
                    runtime=runtime, calibration=replace(cfg.calibration, num_images=num_images, output_dir=None))
 
 
-def sweep_point(reference: Run, eval_set, reference_outputs: np.ndarray, num_images: int, model_dir: Path,
+def sweep_point(reference: Run, eval_set: "EvalSet", reference_outputs: np.ndarray, num_images: int, model_dir: Path,
                 *, quiet: bool) -> dict:
     """Calibrate with ``num_images`` images in ``model_dir`` and evaluate the INT8 result."""
     from deploy.evaluate import output_metrics, run_outputs
@@ -60,7 +63,7 @@ def sweep_point(reference: Run, eval_set, reference_outputs: np.ndarray, num_ima
     return {"num_images": calibrated.images, **asdict(metrics), "calibration_seconds": round(calibrated.seconds, 3)}
 
 
-def calibration_sweep(reference: Run, eval_set, reference_outputs: np.ndarray, sizes: Sequence[int], *,
+def calibration_sweep(reference: Run, eval_set: "EvalSet", reference_outputs: np.ndarray, sizes: Sequence[int], *,
                       quiet: bool = False) -> dict:
     """Recalibrate a scratch copy of the reference model at each size; INT8 metrics per size."""
     cfg = reference.cfg
@@ -68,5 +71,5 @@ def calibration_sweep(reference: Run, eval_set, reference_outputs: np.ndarray, s
         model_dir = copy_model(reference.plan.model, Path(tmp) / "model")
         points = [sweep_point(reference, eval_set, reference_outputs, n, model_dir, quiet=quiet)
                   for n in sorted(set(sizes))]
-    return {"config": str(reference.spec.config), "algo": cfg.calibration.algo,
+    return {"config": str(cfg.source or reference.spec.config), "algo": cfg.calibration.algo,
             "calibration_images": str(cfg.calibration.images), "seed": cfg.calibration.seed, "results": points}

@@ -89,18 +89,25 @@ def latency_cdf_plot(benchmark: dict, colors: dict[str, str]) -> bytes:
     fig = Figure(figsize=(4.2 * len(sizes) + 0.6, 3.8), layout="constrained")
     axes = np.atleast_1d(fig.subplots(1, len(sizes), squeeze=False)[0])
     for ax, bs in zip(axes, sizes):
-        for entry in (e for e in benchmark["results"] if e["batch_size"] == bs):
+        entries = [e for e in benchmark["results"] if e["batch_size"] == bs]
+        for entry in entries:
             samples = np.sort(entry["samples_ms"])
             fraction = np.arange(1, len(samples) + 1) / len(samples)
             ax.step(samples, fraction, where="post", color=colors[entry["label"]],
                     label=f"{entry['label']} (p50 {entry['latency_ms']['p50']:.2f} ms)")
+        # A few outliers would squeeze the body of every curve into a sliver: cut the axis past the worst p99.
+        low = min(e["latency_ms"]["min"] for e in entries)
+        high = max(e["latency_ms"]["p99"] for e in entries)
+        if high > low:
+            ax.set_xlim(low - 0.05 * (high - low), high + 0.15 * (high - low))
         ax.set_title(f"batch {bs}", fontsize=10)
         ax.set_xlabel("latency per batch (ms)")
         ax.set_ylim(0, 1.02)
         ax.grid(alpha=0.3)
         ax.legend(fontsize=7, loc="lower right")
     axes[0].set_ylabel("fraction of iterations")
-    fig.suptitle(f"Predictor latency CDF ({benchmark['iters']} interleaved iterations)", fontsize=11)
+    fig.suptitle(f"Predictor latency CDF ({benchmark['iters']} interleaved iterations; x-axis cut past the "
+                 "largest p99, max in report.md)", fontsize=11)
     return _png(fig)
 
 

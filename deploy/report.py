@@ -209,9 +209,9 @@ def _accuracy_section(data: dict) -> list[str]:
     if data["calibration_sweep"]:
         sweep = data["calibration_sweep"]
         lines += ["## Calibration-set size", "",
-                  f"The model of `{sweep['config']}` recalibrated ({sweep['algo']}, seed {sweep['seed']}) in a scratch "
-                  f"copy with the first N images of `{sweep['calibration_images']}` (nested subsets), then "
-                  "evaluated in INT8 on the same images as above.", "",
+                  f"The model of `{sweep['config']}` recalibrated ({sweep['algo']}, seed {sweep['seed']}) in a "
+                  f"scratch copy with N images of `{sweep['calibration_images']}` (the first N of one seeded shuffle, "
+                  "so each set contains the smaller ones), then evaluated in INT8 on the same images as above.", "",
                   format_markdown_table(SWEEP_HEADERS, sweep_rows(data)), ""]
         if data["files"].get("plots", {}).get("calibration_sweep"):
             lines += [f"![accuracy vs calibration-set size]({PLOT_NAMES['calibration_sweep']})", ""]
