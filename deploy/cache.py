@@ -9,6 +9,7 @@ from __future__ import annotations
 import datetime as _dt
 import hashlib
 import json
+import logging
 import os
 import shutil
 import tempfile
@@ -22,9 +23,14 @@ if TYPE_CHECKING:
     from deploy.model import ModelFiles
     from deploy.predictor import Int8Mode, PredictorPlan
 
+log = logging.getLogger(__name__)
+
 MANIFEST_NAME = "calibration.json"
 MANIFEST_FORMAT = 1
 TRT_TABLE_PREFIX = "trt_calib_"
+# Paddle-TRT (use_static=True) serializes each engine to <optim cache dir>/trt_serialized_<engine key>.
+TRT_ENGINE_PREFIX = "trt_serialized_"
+ENGINE_MANIFEST_NAME = "engine_manifest.json"
 
 
 def _umask() -> int:
@@ -167,6 +173,43 @@ def _check_artifacts(entry: dict, cfg: "DeployConfig") -> list[Path]:
 def trt_table_dir(plan: "PredictorPlan") -> Path:
     """Where Paddle-TRT READS calibration tables: the cache dir when set, else the model's _opt_cache."""
     return plan.runtime.trt.cache_dir or opt_cache_dir(plan.model)
+
+
+def engine_cache_dir(plan: "PredictorPlan") -> Path:
+    """Where Paddle-TRT reads and writes serialized engines (use_static): the same dir as its tables."""
+    return trt_table_dir(plan)
+
+
+def _same_model(a: Optional[dict], b: dict) -> bool:
+    return bool(a) and all(a.get(k) == b[k] for k in ("program_sha256", "params_sha256"))
+
+
+def guard_engine_cache(files: "ModelFiles", cache_dir: Path) -> list[Path]:
+    """Before a use_static TensorRT predictor is built: remove serialized engines that were not built from
+    this model (Paddle's engine keys do not hash the weights), then record the model's fingerprint beside them.
+
+    Returns the removed engine files.
+    """
+    record_path = Path(cache_dir) / ENGINE_MANIFEST_NAME
+    try:
+        record = json.loads(record_path.read_text()) if record_path.is_file() else None
+    except ValueError:
+        record = None  # an unreadable record proves nothing about the engines: treat it as missing
+    now = model_fingerprint(files)
+    if record is not None and _same_model(record.get("model"), now):
+        return []
+    stale = sorted(p for p in Path(cache_dir).glob(f"{TRT_ENGINE_PREFIX}*") if p.is_file())
+    for path in stale:
+        path.unlink()
+    if stale:
+        why = (f"the model changed since they were built ({record.get('created', 'unknown time')})" if record
+               else "there is no record of the model they were built from")
+        log.warning("removed %d stale TensorRT engine(s) from %s: %s; TensorRT rebuilds them on this run",
+                    len(stale), cache_dir, why)
+    atomic_write_json(record_path, {"format": MANIFEST_FORMAT,
+                                    "created": _dt.datetime.now().astimezone().isoformat(timespec="seconds"),
+                                    "model": now})
+    return stale
 
 
 def int8_artifacts(cfg: "DeployConfig", plan: "PredictorPlan", *, calibrating: bool) -> tuple["ModelFiles", "Int8Mode"]:

@@ -19,7 +19,7 @@ from tqdm import tqdm
 
 from deploy import cache
 from deploy.config import DeployConfig
-from deploy.data import ImageItem, iter_batches, list_images
+from deploy.data import ImageItem, group_batches, list_images
 from deploy.env import default_device, probe, support_reason
 from deploy.errors import CalibrationError, DataError, UnsupportedError
 from deploy.model import ModelFiles, ensure_model, inspect_model
@@ -101,7 +101,7 @@ def load_calibration_set(cfg: DeployConfig, *, source: Optional[str] = None, num
             raise CalibrationError(f"{msg}; add images, lower calibration.num_images, or pass --allow-fewer")
         log.warning("%s; proceeding with %d (--allow-fewer)", msg, len(items))
     bs = cfg.runtime.batch_size
-    batches = [pipeline.batch(arrays[i:i + bs]) for i in range(0, len(arrays), bs)]
+    batches = [array for _, array in group_batches(zip(items, arrays), pipeline, bs)]
     return CalibrationSet(src, batches, items, len(skipped))
 
 
@@ -151,6 +151,10 @@ def calibrate(cfg: DeployConfig, *, images: Optional[str] = None, num_images: Op
         raise CalibrationError(f"{files.program} is already quantized ({ops}): it carries its own scales, so "
                                "there is nothing to calibrate; run it with: python tools/infer.py -c "
                                f"{cfg.source} --precision int8")
+    if files.format == "pir":
+        raise CalibrationError(f"{files.program} is a PIR (.json) program; PaddleSlim and Paddle-TRT calibrate only "
+                               "the classic .pdmodel format: export it with FLAGS_enable_pir_api=0 set before "
+                               "paddle is imported")
     calib = load_calibration_set(cfg, source=images, num_images=num_images, allow_fewer=allow_fewer, quiet=quiet)
     start = time.perf_counter()
     if backend == "trt":
@@ -165,7 +169,7 @@ def calibrate(cfg: DeployConfig, *, images: Optional[str] = None, num_images: Op
 
 
 def _calibrate_trt(cfg: DeployConfig, files: ModelFiles, calib: CalibrationSet, quiet: bool) -> CalibrationResult:
-    from deploy.predictor import Predictor, resolve_plan
+    from deploy.predictor import Predictor, resolve_plan, shape_file
 
     plan = resolve_plan(cfg, quiet=True, calibrating=True)
     scratch = cache.staging_dir(cache.opt_cache_dir(files) / "trt_calibration")
@@ -175,7 +179,10 @@ def _calibrate_trt(cfg: DeployConfig, files: ModelFiles, calib: CalibrationSet, 
         copy = ModelFiles(scratch / files.program.name, scratch / files.params.name)
         shutil.copy2(files.program, copy.program)
         shutil.copy2(files.params, copy.params)
-        calib_runtime = replace(plan.runtime, trt=replace(plan.runtime.trt, cache_dir=None, use_static=False))
+        # Tuned shape ranges stay those collected beside the real model, not beside the scratch copy.
+        shapes = replace(plan.runtime.trt.dynamic_shape, shape_file=shape_file(plan))
+        calib_runtime = replace(plan.runtime, trt=replace(plan.runtime.trt, cache_dir=None, use_static=False,
+                                                          dynamic_shape=shapes))
         calib_plan = replace(plan, model=copy, runtime=calib_runtime)
         with Predictor(calib_plan) as predictor:
             for batch in tqdm(calib.batches, disable=quiet, unit="batch", desc="trt calibration"):

@@ -6,7 +6,7 @@ import glob
 import logging
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Callable, Iterator, Optional
+from typing import Callable, Iterable, Iterator, Optional, TypeVar
 
 import numpy as np
 
@@ -15,6 +15,7 @@ from deploy.preprocess import ImagePipeline
 
 log = logging.getLogger(__name__)
 
+T = TypeVar("T")
 IMAGE_SUFFIXES = {".png", ".jpg", ".jpeg", ".bmp", ".tif", ".tiff", ".webp", ".pgm", ".ppm"}
 
 
@@ -97,22 +98,45 @@ class Batch:
     array: np.ndarray
 
 
+def group_batches(pairs: Iterable[tuple[T, np.ndarray]], pipeline: ImagePipeline,
+                  batch_size: int) -> Iterator[tuple[list[T], np.ndarray]]:
+    """Stack (key, array) pairs into batches of ``batch_size``.
+
+    Models with dynamic H/W get images of different preprocessed shapes. With ``batch_pad`` in the pipeline a
+    batch takes the images in order and pads them to its largest; without it, each shape fills its own batches
+    (so batches may come out of input order) and a batch is short only at the end of a shape.
+    """
+    pending: dict[tuple[int, ...], list[tuple[T, np.ndarray]]] = {}
+    for key, array in pairs:
+        shape = () if pipeline.batch_pad is not None else array.shape
+        bucket = pending.setdefault(shape, [])
+        bucket.append((key, array))
+        if len(bucket) == batch_size:
+            del pending[shape]
+            yield [k for k, _ in bucket], pipeline.batch([a for _, a in bucket])
+    for bucket in pending.values():
+        yield [k for k, _ in bucket], pipeline.batch([a for _, a in bucket])
+
+
 def iter_batches(items: list[ImageItem], pipeline: ImagePipeline, batch_size: int,
                  on_skip: Optional[Callable[[ImageItem, DataError], None]] = None,
                  progress: Optional[Callable[[int], None]] = None) -> Iterator[Batch]:
-    """Preprocess ``items`` into batches; an unreadable image goes to ``on_skip`` (or raises without it)."""
-    pending: list[tuple[ImageItem, np.ndarray]] = []
-    for item in items:
-        try:
-            pending.append((item, pipeline(item.path)))
-        except DataError as e:
-            if on_skip is None:
-                raise
-            on_skip(item, e)
-        if progress:
-            progress(1)
-        if len(pending) == batch_size:
-            yield Batch([i for i, _ in pending], pipeline.batch([a for _, a in pending]))
-            pending = []
-    if pending:
-        yield Batch([i for i, _ in pending], pipeline.batch([a for _, a in pending]))
+    """Preprocess ``items`` into batches (equal shapes together, see group_batches); an unreadable image goes
+    to ``on_skip`` (or raises without it)."""
+
+    def preprocessed() -> Iterator[tuple[ImageItem, np.ndarray]]:
+        for item in items:
+            try:
+                array = pipeline(item.path)
+            except DataError as e:
+                if on_skip is None:
+                    raise
+                on_skip(item, e)
+                array = None
+            if progress:
+                progress(1)
+            if array is not None:
+                yield item, array
+
+    for batch_items, array in group_batches(preprocessed(), pipeline, batch_size):
+        yield Batch(batch_items, array)

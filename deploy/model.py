@@ -9,7 +9,7 @@ import subprocess
 import sys
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Literal, Optional
+from typing import Iterator, Literal, Optional
 
 from deploy.config import ModelConfig
 from deploy.errors import ModelError
@@ -141,26 +141,54 @@ def _inspect_classic(files: ModelFiles) -> ModelInfo:
     return ModelInfo(files, dict(counts), feeds)
 
 
+# PIR json names ops "<dialect>.<op>"; the serializer shortens dialect names ("1" = pd_op, "0" = builtin).
+_PIR_DIALECTS = ("pd_op", "builtin", "1", "0")
+_PIR_FEEDS = ("data", "feed")
+
+
+def _pir_attrs(op: dict) -> dict:
+    """An op's attributes {name: value} from PIR json's [{"N": name, "AT": {"D": value}}] list."""
+    attrs = op.get("A")
+    if not isinstance(attrs, list):
+        return {}
+    return {a["N"]: a.get("AT", {}).get("D") for a in attrs if isinstance(a, dict) and "N" in a}
+
+
+def _pir_ops(node) -> Iterator[dict]:
+    """Every op dict in a PIR json program, in order, including ops inside nested regions."""
+    if isinstance(node, dict):
+        if isinstance(node.get("#"), str) and ("A" in node or "O" in node):
+            yield node
+        for value in node.values():
+            yield from _pir_ops(value)
+    elif isinstance(node, list):
+        for value in node:
+            yield from _pir_ops(value)
+
+
 def _inspect_pir(files: ModelFiles) -> ModelInfo:
     try:
         data = json.loads(files.program.read_text())
     except (OSError, ValueError) as e:
         raise ModelError(f"{files.program} is not a valid PIR json program: {e}") from e
+    if not isinstance(data, dict) or "program" not in data:
+        raise ModelError(f"{files.program} is not a PIR json program (no 'program' key); export it with "
+                         "paddle.jit.save")
     counts: collections.Counter = collections.Counter()
-
-    def walk(node) -> None:
-        if isinstance(node, dict):
-            name = node.get("#") or node.get("name")
-            if isinstance(name, str) and "." in name and name.split(".")[0] in ("p", "pd_op", "1", "0"):
-                counts[name.split(".", 1)[1]] += 1
-            for v in node.values():
-                walk(v)
-        elif isinstance(node, list):
-            for v in node:
-                walk(v)
-
-    walk(data)
-    return ModelInfo(files, dict(counts), [])
+    feeds = []
+    for op in _pir_ops(data["program"]):
+        dialect, _, name = op["#"].partition(".")
+        if dialect not in _PIR_DIALECTS or not name:
+            continue  # parameters ("p") and attribute/type records
+        if name in _PIR_FEEDS:
+            attrs = _pir_attrs(op)
+            if isinstance(attrs.get("name"), str):
+                shape = attrs.get("shape") if isinstance(attrs.get("shape"), list) else []
+                feeds.append(InputSpec(attrs["name"], [int(d) for d in shape], str(attrs.get("dtype", "float32"))))
+            continue
+        if name != "fetch":
+            counts[name] += 1
+    return ModelInfo(files, dict(counts), feeds)
 
 
 @functools.lru_cache(maxsize=32)

@@ -12,7 +12,7 @@ from typing import Any, Callable, Iterator, Literal, Optional
 
 import numpy as np
 
-from deploy.config import DeployConfig, RuntimeConfig
+from deploy.config import DeployConfig, DynamicShapeConfig, RuntimeConfig
 from deploy.env import Environment, default_device, probe, support_reason
 from deploy.errors import DataError, ModelError, UnsupportedError
 from deploy.model import ModelFiles, ModelInfo, ensure_model, inspect_model
@@ -58,6 +58,8 @@ def resolve_plan(cfg: DeployConfig, *, env: Optional[Environment] = None, quiet:
     plan = PredictorPlan(device, rt.backend, rt.precision, files, rt)
     info = inspect_model(files)
     check_input_shape(cfg.model.input_shape, info)
+    if rt.backend == "trt":
+        _check_trt_model(cfg, plan, info)
     if rt.precision != "int8":
         if info.quantized:
             log.warning("%s is a quantized model but precision is %s: its fake-quant ops will run in %s; "
@@ -81,6 +83,37 @@ def check_input_shape(expected: Optional[list[int]], info: ModelInfo) -> None:
         raise ModelError(f"model.input_shape {expected} does not match the model: input '{feed.name}' of "
                          f"{info.files.program} has shape {format_shape(feed.shape)}; fix model.input_shape "
                          "or model.dir")
+
+
+def _check_trt_model(cfg: DeployConfig, plan: PredictorPlan, info: ModelInfo) -> None:
+    if plan.model.format == "pir":
+        raise ModelError(f"{plan.model.program} is a PIR (.json) program, but Paddle-TRT (enable_tensorrt_engine) "
+                         "needs the classic .pdmodel format: export it with FLAGS_enable_pir_api=0 set before "
+                         "paddle is imported, or run it with runtime.backend=paddle")
+    shapes = cfg.runtime.trt.dynamic_shape
+    if shapes.mode == "manual":
+        check_dynamic_shapes(shapes, info)
+    elif shapes.mode == "tuned":
+        from deploy.shapes import check_shape_file  # shape-range provenance lives with the collector
+
+        check_shape_file(cfg, plan)
+
+
+def check_dynamic_shapes(shapes: DynamicShapeConfig, info: ModelInfo) -> None:
+    """Fail when manual TRT dynamic shapes name inputs the model lacks, or disagree with its rank/static dims."""
+    feeds = {f.name: f.shape for f in info.inputs}
+    if not feeds:
+        return
+    for name in shapes.min:
+        if name not in feeds:
+            raise ModelError(f"runtime.trt.dynamic_shape names input '{name}', but {info.files.program} has inputs "
+                             f"{sorted(feeds)}; use the model's input names")
+        model = feeds[name]
+        for which, dims in (("min", shapes.min[name]), ("opt", shapes.opt[name]), ("max", shapes.max[name])):
+            if len(dims) != len(model) or any(m > 0 and m != d for m, d in zip(model, dims)):
+                raise ModelError(f"runtime.trt.dynamic_shape.{which} of '{name}' is {dims}, but the model's "
+                                 f"input '{name}' has shape {format_shape(model)}; give one value per dim and "
+                                 "keep its fixed dims")
 
 
 def format_shape(dims: list[int]) -> str:
@@ -116,8 +149,10 @@ def _configure_trt(config: Any, plan: PredictorPlan) -> None:
     elif shapes.mode == "tuned":
         config.enable_tuned_tensorrt_dynamic_shape(
             shape_range_info_path=str(shape_file(plan)), allow_build_at_runtime=shapes.allow_build_at_runtime)
-    if trt.cache_dir is not None:
-        config.set_optim_cache_dir(str(trt.cache_dir))
+    if trt.cache_dir is not None or trt.use_static:
+        from deploy.cache import engine_cache_dir
+
+        config.set_optim_cache_dir(str(engine_cache_dir(plan)))
 
 
 def shape_file(plan: PredictorPlan) -> Path:
@@ -143,6 +178,8 @@ def _configure_cpu(config: Any, plan: PredictorPlan) -> None:
 
     config.disable_gpu()
     config.set_cpu_math_library_num_threads(plan.runtime.cpu_threads or os.cpu_count() or 1)
+    if plan.collect_shapes is not None:  # works on CPU builds too (verified with Paddle 3.3.1)
+        config.collect_shape_range_info(str(plan.collect_shapes))
     config.enable_mkldnn()
     if plan.precision == "int8":
         config.enable_mkldnn_int8()
@@ -155,6 +192,11 @@ def build_predictor_config(plan: PredictorPlan, config_cls: Optional[Callable[..
     if config_cls is None:
         from paddle.inference import Config as config_cls
     config = config_cls(str(plan.model.program), str(plan.model.params))
+    if plan.model.format == "pir":
+        # Paddle 3.3.1 loads .json programs with FLAGS_enable_pir_api=0 too, but with memory optimisation on
+        # create_predictor fails (pass_result_info.h) unless they run on the new (PIR) executor.
+        config.enable_new_ir(True)
+        config.enable_new_executor(True)
     if plan.device == "gpu":
         _configure_gpu(config, plan)
     else:
@@ -190,6 +232,10 @@ class Predictor:
         import paddle.inference as pi
 
         self.plan = plan
+        if plan.backend == "trt" and plan.collect_shapes is None and plan.runtime.trt.use_static:
+            from deploy.cache import engine_cache_dir, guard_engine_cache
+
+            guard_engine_cache(plan.model, engine_cache_dir(plan))
         try:
             with native_stderr_to_log():
                 self._predictor = pi.create_predictor(build_predictor_config(plan))

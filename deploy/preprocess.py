@@ -111,6 +111,15 @@ class ToCHW:
     """HWC -> CHW."""
 
 
+@dataclass
+class BatchPad:
+    """Pad each batch's images on the right and bottom to the largest height and width in the batch, with
+    ``value`` (for models with dynamic H/W). Must be the last op. Without it, images whose preprocessed shapes
+    differ are grouped into batches of equal shape instead."""
+
+    value: float = 0.0
+
+
 OP_TYPES: dict[str, type] = {
     "decode": Decode,
     "resize": Resize,
@@ -119,6 +128,7 @@ OP_TYPES: dict[str, type] = {
     "pad": Pad,
     "normalize": Normalize,
     "to_chw": ToCHW,
+    "batch_pad": BatchPad,
 }
 
 
@@ -144,6 +154,8 @@ def parse_ops(raw: Any, where: Callable[[str], str], key: str = "preprocess") ->
         raise ConfigError(f"{where(key)}: the first preprocess op must be 'decode', got '{raw[0]}'")
     if any(isinstance(op, Decode) for op in ops[1:]):
         raise ConfigError(f"{where(key)}: 'decode' may appear only once, as the first op")
+    if any(isinstance(op, BatchPad) for op in ops[:-1]):
+        raise ConfigError(f"{where(key)}: 'batch_pad' pads whole batches, so it must be the last op")
     return ops
 
 
@@ -234,7 +246,9 @@ class ImagePipeline:
 
     def __init__(self, ops: list[Any]):
         self.decode: Decode = ops[0]
-        self.ops = ops[1:]
+        self.batch_pad: Optional[BatchPad] = ops[-1] if isinstance(ops[-1], BatchPad) else None
+        self.ops = [op for op in ops[1:] if not isinstance(op, BatchPad)]
+        self._spatial_axes = (1, 2) if any(isinstance(op, ToCHW) for op in self.ops) else (0, 1)
 
     def __call__(self, path: Path) -> np.ndarray:
         img = read_image(path, self.decode.mode)
@@ -243,9 +257,24 @@ class ImagePipeline:
         return img.astype(np.float32, copy=False)
 
     def batch(self, arrays: list[np.ndarray]) -> np.ndarray:
-        """Stack preprocessed images; all must share one shape."""
+        """Stack preprocessed images: all must share one shape, unless batch_pad pads them to the largest."""
         shapes = {a.shape for a in arrays}
+        if len(shapes) > 1 and self.batch_pad is not None:
+            return np.stack([self._pad_to(a, self._batch_shape(shapes)) for a in arrays])
         if len(shapes) > 1:
-            raise DataError(f"preprocessed images have different shapes {sorted(shapes)}; add a fixed-size "
-                            "resize/center_crop/pad op to preprocess")
+            raise DataError(f"preprocessed images have different shapes {sorted(shapes)}; batch equal shapes "
+                            "together (data.iter_batches), or add a fixed-size resize/center_crop/pad op or "
+                            "batch_pad to preprocess")
         return np.stack(arrays)
+
+    def _batch_shape(self, shapes: set[tuple[int, ...]]) -> tuple[int, ...]:
+        """The padded shape of a batch: the largest height and width; every other dim must agree."""
+        fixed = {tuple(d for i, d in enumerate(s) if i not in self._spatial_axes) for s in shapes}
+        if len(fixed) > 1 or len({len(s) for s in shapes}) > 1:
+            raise DataError(f"batch_pad pads height and width only, but the images differ in channels: "
+                            f"{sorted(shapes)}; fix decode.mode")
+        return tuple(max(s[i] for s in shapes) for i in range(len(next(iter(shapes)))))
+
+    def _pad_to(self, array: np.ndarray, shape: tuple[int, ...]) -> np.ndarray:
+        widths = [(0, target - size) for size, target in zip(array.shape, shape)]
+        return np.pad(array, widths, constant_values=np.float32(self.batch_pad.value))

@@ -8,8 +8,9 @@ from paddle.inference import PrecisionType
 from conftest import LENET_CONFIG
 from deploy.config import load_config
 from deploy.env import Environment, probe
-from deploy.errors import CalibrationError, UnsupportedError
+from deploy.errors import CalibrationError, ModelError, UnsupportedError
 from deploy.predictor import build_predictor_config, resolve_plan
+from deploy.shapes import collect_shapes
 from paddle_signatures import RecordingConfig, bind
 
 
@@ -104,17 +105,52 @@ def test_manual_dynamic_shape_argument_order(lenet):
     assert names.index("enable_tensorrt_engine") < names.index("set_trt_dynamic_shape_info")
 
 
-def test_tuned_dynamic_shape_and_static_engine_cache(lenet, tmp_path):
-    cfg = load_config(LENET_CONFIG, ["runtime.backend=trt", "runtime.device=gpu", "runtime.trt.use_static=true",
+def test_manual_dynamic_shapes_must_fit_the_model(lenet):
+    base = ["runtime.backend=trt", "runtime.device=gpu"]
+    wrong_name = "runtime.trt.dynamic_shape={mode: manual, min: {image: [1,1,28,28]}, opt: {image: [8,1,28,28]}, " \
+                 "max: {image: [64,1,28,28]}}"
+    with pytest.raises(ModelError, match=r"names input 'image', but .*inference.pdmodel has inputs \['x'\]"):
+        record(load_config(LENET_CONFIG, base + [wrong_name]))
+    wrong_dims = "runtime.trt.dynamic_shape={mode: manual, min: {x: [1,3,28,28]}, opt: {x: [8,3,28,28]}, " \
+                 "max: {x: [64,3,28,28]}}"
+    with pytest.raises(ModelError, match=r"dynamic_shape.min of 'x' is \[1, 3, 28, 28\], but the model's input "
+                                         r"'x' has shape \[\?, 1, 28, 28\]"):
+        record(load_config(LENET_CONFIG, base + [wrong_dims]))
+
+
+def test_tuned_dynamic_shape_without_collected_ranges_says_what_to_run(lenet_config, lenet_copy):
+    cfg = load_config(lenet_config, ["runtime.backend=trt", "runtime.device=gpu",
+                                     "runtime.trt.dynamic_shape.mode=tuned"])
+    with pytest.raises(CalibrationError, match=f"no shape range file {lenet_copy}/_opt_cache/shape_range_info.pbtxt; "
+                                               f"run: python tools/calibrate.py -c {lenet_config} --collect-shapes"):
+        record(cfg)
+
+
+def test_tuned_dynamic_shape_and_static_engine_cache(lenet_config, lenet_copy, tmp_path):
+    collect_shapes(load_config(lenet_config), num_images=100, quiet=True)  # the real collect run, on this CPU
+    cfg = load_config(lenet_config, ["runtime.backend=trt", "runtime.device=gpu", "runtime.trt.use_static=true",
                                      f"runtime.trt.cache_dir={tmp_path / 'engines'}",
                                      "runtime.trt.dynamic_shape.mode=tuned"])
     rec = record(cfg)
     assert_every_call_binds(rec)
     tuned = rec.call("enable_tuned_tensorrt_dynamic_shape").arguments
-    assert tuned["shape_range_info_path"].endswith("_opt_cache/shape_range_info.pbtxt")
+    assert tuned["shape_range_info_path"] == str(lenet_copy / "_opt_cache" / "shape_range_info.pbtxt")
     assert tuned["allow_build_at_runtime"] is True
     assert rec.call("set_optim_cache_dir").arguments["arg0"] == str(tmp_path / "engines")
     assert rec.call("enable_tensorrt_engine").arguments["use_static"] is True
+    names = rec.names()
+    assert names.index("enable_tensorrt_engine") < names.index("enable_tuned_tensorrt_dynamic_shape")
+    assert "collect_shape_range_info" not in names and "set_trt_dynamic_shape_info" not in names
+
+
+def test_collect_run_on_a_gpu_is_native(lenet, tmp_path):
+    plan = resolve_plan(load_config(LENET_CONFIG, ["runtime.device=gpu"]), env=gpu_env(), quiet=True)
+    rec = build_predictor_config(replace(plan, collect_shapes=tmp_path / "shapes.pbtxt"), config_cls=RecordingConfig)
+    assert_every_call_binds(rec)
+    assert rec.call("collect_shape_range_info").arguments["arg0"] == str(tmp_path / "shapes.pbtxt")
+    names = rec.names()
+    assert names.index("enable_use_gpu") < names.index("collect_shape_range_info")
+    assert "enable_tensorrt_engine" not in names and "disable_gpu" not in names
 
 
 def test_impossible_requests_on_this_machine_say_why(lenet):

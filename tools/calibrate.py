@@ -2,6 +2,10 @@
 
 On a TensorRT build (runtime.backend=trt) writes the Paddle-TRT calibration table; on CPU writes a PaddleSlim
 post-training quantized model. Both are recorded in <model dir>/_opt_cache/calibration.json.
+
+With --collect-shapes it instead runs the calibration images through a native predictor (GPU, or CPU on a CPU
+build) and writes the TensorRT shape ranges that runtime.trt.dynamic_shape.mode=tuned reads
+(default <model dir>/_opt_cache/shape_range_info.pbtxt).
 """
 import argparse
 from pathlib import Path
@@ -20,7 +24,16 @@ def main(argv=None):
     parser.add_argument("--allow-fewer", action="store_true", default=None,
                         help="proceed with a warning when fewer readable images than asked are found")
     parser.add_argument("--output-dir", type=Path, help="CPU quantized model dir (default: calibration.output_dir)")
+    parser.add_argument("--collect-shapes", action="store_true",
+                        help="collect TensorRT shape ranges for dynamic_shape.mode=tuned instead of calibrating")
     args = parser.parse_args(argv)
+    if args.collect_shapes:
+        from deploy.shapes import collect_shapes
+
+        result = collect_shapes(load_config_from_args(args), images=args.images, num_images=args.num_images,
+                                allow_fewer=args.allow_fewer, quiet=args.quiet)
+        print(result.line())
+        return
     from deploy.calibration import calibrate
 
     cfg = load_config_from_args(args, [f"calibration.algo={args.algo}"] if args.algo else [])
