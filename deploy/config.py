@@ -123,6 +123,8 @@ class CalibrationConfig:
     algo: CalibAlgo = "hist"
     output_dir: Optional[Path] = None  # CPU quantized model; default <model dir>/_opt_cache/int8_cpu
     allow_fewer: bool = False
+    keep_image_conv_fp32: bool = False  # CPU: leave convs reading < 4 channels (the image) in FP32
+    observe_all_ops: bool = True  # CPU: export scales after every op (Paddle's default); false = conv/matmul inputs only
 
     def __post_init__(self) -> None:
         if self.num_images < 1:

@@ -106,6 +106,7 @@ class ModelInfo:
     files: ModelFiles
     op_counts: dict[str, int] = field(default_factory=dict)
     inputs: list[InputSpec] = field(default_factory=list)
+    conv_filters: dict[str, list[int]] = field(default_factory=dict)  # filter name -> [OC, IC, KH, KW]
 
     @property
     def quant_op_counts(self) -> dict[str, int]:
@@ -138,7 +139,17 @@ def _inspect_classic(files: ModelFiles) -> ModelInfo:
         feeds.append(InputSpec(name, dims, {"fp32": "float32"}.get(dtype, dtype)))
     counts.pop("feed", None)
     counts.pop("fetch", None)
-    return ModelInfo(files, dict(counts), feeds)
+    return ModelInfo(files, dict(counts), feeds, _conv_filters(block, var_types))
+
+
+def _conv_filters(block, var_types: dict) -> dict[str, list[int]]:
+    filters = {}
+    for op in block.ops:
+        if op.type in ("conv2d", "depthwise_conv2d"):
+            for name in (arg for inp in op.inputs if inp.parameter == "Filter" for arg in inp.arguments):
+                if name in var_types:
+                    filters[name] = list(var_types[name].dense_tensor.tensor.dims)
+    return filters
 
 
 # PIR json names ops "<dialect>.<op>"; the serializer shortens dialect names ("1" = pd_op, "0" = builtin).
@@ -211,15 +222,18 @@ def quant_scales(files: ModelFiles) -> dict[str, dict]:
         scope = paddle.static.Scope()
         exe = paddle.static.Executor(paddle.CPUPlace())
         with paddle.static.scope_guard(scope):
-            program, _, _ = paddle.static.load_inference_model(
-                str(files.dir), exe, model_filename=files.program.name, params_filename=files.params.name)
+            if files.program.stem == files.params.stem:
+                program, _, _ = paddle.static.load_inference_model(str(files.dir / files.program.stem), exe)
+            else:
+                program, _, _ = paddle.static.load_inference_model(
+                    str(files.dir), exe, model_filename=files.program.name, params_filename=files.params.name)
         scales = {}
         for op in program.global_block().ops:
             if not op.type.startswith(QUANT_OP_PREFIXES) or "Scale" not in op.input_names:
                 continue
             tensor, scale_var = op.input("X")[0], op.input("Scale")[0]
             found = scope.find_var(scale_var)
-            if found is None or tensor in scales:
+            if found is None or tensor in scales or tensor.endswith(".quantized"):
                 continue
             value = np.array(found.get_tensor()).astype(float).ravel()
             bits = op.attr("bit_length") if op.has_attr("bit_length") else 8

@@ -217,6 +217,7 @@ def native_stderr_to_log() -> Iterator[None]:
         try:
             yield
         finally:
+            sys.stderr.flush()
             os.dup2(saved, 2)
             os.close(saved)
             sink.seek(0)

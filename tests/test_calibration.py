@@ -52,7 +52,11 @@ def test_cpu_calibration_then_int8_inference_matches_fp32(calibrated, lenet):
     quantized = inspect_model(ModelFiles(out / "inference.pdmodel", out / "inference.pdiparams"))
     assert quantized.quantized and quantized.quant_op_counts.get("quantize_linear", 0) >= 4
     scales = json.loads((out / "scales.json").read_text())
-    assert "x" in scales and scales["x"]["scale"] > 0  # the input activation got a calibrated scale
+    entry = json.loads((model_dir / "_opt_cache" / "calibration.json").read_text())["targets"]["cpu"]
+    first_conv = entry["fp32_tensors"]  # the config keeps the conv that reads the 1-channel image in FP32
+    assert len(first_conv) == 1 and first_conv[0] not in scales and "x" not in scales
+    assert scales["pool2d_0.tmp_0"]["scale"] > 0  # the second conv's input got a calibrated scale
+    assert not any(name.endswith(".quantized") for name in scales)
 
 
 def test_manifest_records_provenance(calibrated):
