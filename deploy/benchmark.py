@@ -21,7 +21,7 @@ from typing import Iterator, Optional, Sequence
 import numpy as np
 from tqdm import tqdm
 
-from deploy.data import ImageItem, list_images
+from deploy.data import ImageItem, group_batches, list_images
 from deploy.errors import DataError
 from deploy.predictor import Predictor
 from deploy.preprocess import ImagePipeline
@@ -163,10 +163,10 @@ def gpu_memory_mb(run: Run) -> Optional[float]:
 
 
 def batch_stream(items: list[ImageItem], pipeline: ImagePipeline, batch_size: int) -> Iterator[np.ndarray]:
-    """Endless decoded + preprocessed batches, cycling over ``items``."""
-    paths = itertools.cycle([i.path for i in items])
-    while True:
-        yield pipeline.batch([pipeline(next(paths)) for _ in range(batch_size)])
+    """Endless full batches, decoded and preprocessed, cycling over ``items`` (equal shapes batched together)."""
+    pairs = ((None, pipeline(path)) for path in itertools.cycle([i.path for i in items]))
+    for _, array in group_batches(pairs, pipeline, batch_size):
+        yield array
 
 
 @dataclass

@@ -76,7 +76,7 @@ def run_build_script(script: Path, quiet: bool) -> None:
                          f"run 'python {script}' to see why")
 
 
-def ensure_model(mc: ModelConfig, *, quiet: bool = False) -> ModelFiles:
+def ensure_model(mc: ModelConfig, *, quiet: bool = False, how_to_build: Optional[str] = None) -> ModelFiles:
     """Locate the model; when missing and the config names a build script, run it first."""
     files = find_model_files(mc)
     if files is None and mc.build is not None:
@@ -85,7 +85,8 @@ def ensure_model(mc: ModelConfig, *, quiet: bool = False) -> ModelFiles:
         run_build_script(mc.build, quiet)
         files = find_model_files(mc)
     if files is None:
-        hint = f"; build it with: python {mc.build}" if mc.build else "; fix model.dir / model.file in the config"
+        how_to_build = how_to_build or (f"python {mc.build}" if mc.build else None)
+        hint = f"; build it with: {how_to_build}" if how_to_build else "; fix model.dir / model.file in the config"
         raise ModelError(f"missing {_describe_missing(mc)}{hint}")
     return files
 

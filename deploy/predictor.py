@@ -54,7 +54,7 @@ def resolve_plan(cfg: DeployConfig, *, env: Optional[Environment] = None, quiet:
     if reason:
         raise UnsupportedError(f"cannot run {device}/{rt.backend}/{rt.precision} here: {reason} "
                                "(see: python tools/env.py)")
-    files = ensure_model(cfg.model, quiet=quiet)
+    files = ensure_model(cfg.model, quiet=quiet, how_to_build=_qat_command(cfg))
     plan = PredictorPlan(device, rt.backend, rt.precision, files, rt)
     info = inspect_model(files)
     check_input_shape(cfg.model.input_shape, info)
@@ -71,6 +71,13 @@ def resolve_plan(cfg: DeployConfig, *, env: Optional[Environment] = None, quiet:
 
     int8_files, mode = int8_artifacts(cfg, plan, calibrating=calibrating)
     return replace(plan, model=int8_files, int8_mode=mode)
+
+
+def _qat_command(cfg: DeployConfig) -> Optional[str]:
+    """A config with a qat section builds its (quantized) model by quantization-aware training."""
+    if cfg.qat.network_file is not None and cfg.model.build is None:
+        return f"python tools/qat.py -c {cfg.source}"
+    return None
 
 
 def check_input_shape(expected: Optional[list[int]], info: ModelInfo) -> None:

@@ -51,6 +51,12 @@ def test_fp32_on_a_quantized_model_warns(qat_model, lenet):
     assert "is a quantized model but precision is fp32: its fake-quant ops will run" in result.stderr
 
 
+def test_missing_qat_model_says_how_to_build_it(tmp_path):
+    cfg = write_config(tmp_path / "q.yml", f"_base_: {QAT_CONFIG}\nmodel:\n  dir: {tmp_path / 'none'}\n")
+    line = error_line(run_tool("infer", "-c", cfg, "--precision", "int8"))
+    assert f"build it with: python tools/qat.py -c {cfg}" in line
+
+
 def test_fp32_model_is_not_quantized(lenet):
     info = inspect("-c", LENET_CONFIG)
     assert info["quantized"] is False and info["quant_ops"] == {} and info["inputs"][0]["shape"] == ["?", 1, 28, 28]
