@@ -3,13 +3,12 @@ quantized inference model that the toolkit then runs in INT8 without any calibra
 from __future__ import annotations
 
 import importlib.util
-import json
 import logging
 import shutil
 import time
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Optional
+from typing import Any
 
 import numpy as np
 from tqdm import tqdm

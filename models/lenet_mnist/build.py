@@ -30,6 +30,9 @@ import numpy as np  # noqa: E402
 from tqdm import tqdm  # noqa: E402
 from tqdm.contrib.logging import logging_redirect_tqdm  # noqa: E402
 
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # models/: helpers shared by the build scripts
+from buildkit import BuildError, read_marker, remove_leftovers, replace_dir  # noqa: E402
+
 if TYPE_CHECKING:  # paddle (~3 s to import) is loaded only when there is work to do
     import paddle
 
@@ -56,8 +59,6 @@ INPUT_NAME = "x"
 warnings.filterwarnings("ignore", message="No ccache found")  # printed by every `import paddle`
 
 
-class BuildError(Exception):
-    """The build cannot go on; the message says why and what to do."""
 
 
 # ----------------------------------------------------------------------------------------- data
@@ -85,42 +86,6 @@ def split_indices(labels: np.ndarray, seed: int) -> dict[str, np.ndarray]:
         parts["test"].append(rows[n_calib:n_calib + n_test])
         parts["train"].append(rows[n_calib + n_test:])
     return {name: np.sort(np.concatenate(chunks)) for name, chunks in parts.items()}
-
-
-def read_marker(path: Path) -> dict[str, Any] | None:
-    """Return the JSON in a ``.complete`` marker, or None if it is missing or unreadable."""
-    try:
-        return json.loads(path.read_text())
-    except (OSError, ValueError):
-        return None
-
-
-def remove_stale_tmp(out_dir: Path, name: str) -> None:
-    """Delete ``<name>.tmp-<pid>`` dirs left by builds that are no longer running."""
-    for tmp in out_dir.glob(f"{name}.tmp-*"):
-        pid = tmp.name.rsplit("-", 1)[-1]
-        if pid.isdigit() and int(pid) != os.getpid() and pid_alive(int(pid)):
-            continue
-        LOGGER.info("removing leftover %s", tmp)
-        shutil.rmtree(tmp, ignore_errors=True)
-
-
-def pid_alive(pid: int) -> bool:
-    """Tell whether a process with this id exists."""
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:
-        return True
-    return True
-
-
-def replace_dir(tmp: Path, final: Path) -> None:
-    """Move a finished ``tmp`` dir to ``final``, removing what was there first."""
-    if final.exists():
-        shutil.rmtree(final)
-    os.replace(tmp, final)
 
 
 def write_pngs(root: Path, images: np.ndarray, labels: np.ndarray, splits: dict[str, np.ndarray],
@@ -359,8 +324,7 @@ def build(out_dir: Path, *, epochs: int = DEFAULT_EPOCHS, seed: int = DEFAULT_SE
         return out_dir / "inference"
     t0 = time.perf_counter()
     out_dir.mkdir(parents=True, exist_ok=True)
-    for name in ("data", "inference"):
-        remove_stale_tmp(out_dir, name)
+    remove_leftovers(out_dir)
     images, labels = load_mnist()
     splits = split_indices(labels, seed)
     prepare_data(out_dir, images, labels, splits, seed, force, quiet)

@@ -35,6 +35,9 @@ import numpy as np
 from tqdm import tqdm
 from tqdm.contrib.logging import logging_redirect_tqdm
 
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # models/: helpers shared by the build scripts
+from buildkit import BuildError, read_marker, remove_leftovers, replace_dir  # noqa: E402
+
 LOGGER = logging.getLogger("models.ppocr_cls")
 
 DEFAULT_OUT = Path(__file__).resolve().parent
@@ -55,8 +58,6 @@ WORDS = ("the of and to in is for on with as by at from this that are was be or 
          "south east west open closed exit entrance parking free sale new old large small").split()
 
 
-class BuildError(Exception):
-    """The build cannot go on; the message says why and what to do."""
 
 
 # ----------------------------------------------------------------------------------------- model
@@ -228,44 +229,6 @@ def data_marker(counts: dict[str, int], seed: int) -> dict[str, Any]:
 
 
 # --------------------------------------------------------------------------------------- build
-
-
-def read_marker(path: Path) -> dict[str, Any] | None:
-    """The JSON in a ``.complete`` marker, or None if it is missing or unreadable."""
-    try:
-        return json.loads(path.read_text())
-    except (OSError, ValueError):
-        return None
-
-
-def replace_dir(tmp: Path, final: Path) -> None:
-    """Move a finished ``tmp`` dir to ``final``: the old one is renamed away first, then removed."""
-    old = final.with_name(f"{final.name}.old-{os.getpid()}")
-    if final.exists():
-        os.replace(final, old)
-    os.replace(tmp, final)
-    shutil.rmtree(old, ignore_errors=True)
-
-
-def remove_leftovers(out_dir: Path) -> None:
-    """Delete temp dirs of interrupted builds whose process is gone."""
-    for tmp in list(out_dir.glob("*.tmp-*")) + list(out_dir.glob("*.old-*")):
-        pid = tmp.name.rsplit("-", 1)[-1]
-        if pid.isdigit() and int(pid) != os.getpid() and pid_alive(int(pid)):
-            continue
-        LOGGER.info("removing leftover %s", tmp)
-        shutil.rmtree(tmp, ignore_errors=True)
-
-
-def pid_alive(pid: int) -> bool:
-    """Tell whether a process with this id exists."""
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:
-        return True
-    return True
 
 
 def model_up_to_date(out_dir: Path) -> bool:
