@@ -18,6 +18,8 @@ from typing import TYPE_CHECKING, Any, Optional
 
 from deploy.errors import CalibrationError
 
+log = logging.getLogger(__name__)
+
 if TYPE_CHECKING:
     from deploy.config import DeployConfig
     from deploy.model import ModelFiles
@@ -155,6 +157,18 @@ def check_fresh(entry: dict, files: "ModelFiles", cfg: "DeployConfig") -> None:
         raise CalibrationError(f"calibration is stale: model changed since {when}; {_rerun(cfg)}")
     if ops_fingerprint(cfg.preprocess) != entry.get("preprocess_sha256"):
         raise CalibrationError(f"calibration is stale: preprocess changed since {when}; {_rerun(cfg)}")
+    if entry.get("settings_sha256") not in (None, calibration_settings_fingerprint(cfg)):
+        # Still a valid calibration of this model, only not the one the config now asks for.
+        log.warning("the calibration section of %s changed since the calibration of %s; the old artifacts are "
+                    "used until you %s", cfg.source, when, _rerun(cfg))
+
+
+def calibration_settings_fingerprint(cfg: "DeployConfig") -> str:
+    """A hash of the calibration section (algorithm, images, count, seed, CPU INT8 switches)."""
+    import dataclasses
+
+    settings = {k: str(v) for k, v in dataclasses.asdict(cfg.calibration).items()}
+    return sha256_text(json.dumps(settings, sort_keys=True))
 
 
 def _check_artifacts(entry: dict, cfg: "DeployConfig") -> list[Path]:

@@ -17,7 +17,7 @@ from deploy.preprocess import ops_fingerprint
 from paddle_signatures import RecordingConfig, bind
 from test_predictor_contract import gpu_env
 
-MANIFEST_KEYS = {"created", "config", "model", "preprocess_sha256", "images_sha256", "images_source", "num_images",
+MANIFEST_KEYS = {"created", "config", "model", "preprocess_sha256", "settings_sha256", "images_sha256", "images_source", "num_images",
                  "batch_size", "algo", "backend", "versions", "artifacts"}
 
 
@@ -89,6 +89,15 @@ def test_changed_preprocess_is_stale(calibrated):
     config.preprocess[2].mean = [0.4]
     with pytest.raises(CalibrationError, match="calibration is stale: preprocess changed since"):
         resolve_plan(config, quiet=True)
+
+
+def test_changed_calibration_settings_warn_but_still_run(calibrated, lenet):
+    cfg, _ = calibrated
+    result = run_tool("infer", "-c", cfg, "--precision", "int8", "-o", "calibration.algo=KL",
+                      "--image", lenet / "data" / "test" / "0", check=True)
+    assert "the calibration section of" in result.stderr and "changed since the calibration" in result.stderr
+    quiet = run_tool("infer", "-c", cfg, "--precision", "int8", "--image", lenet / "data" / "test" / "0", check=True)
+    assert "changed since the calibration" not in quiet.stderr
 
 
 def test_int8_on_cpu_without_calibration_says_what_to_run(lenet_config):
