@@ -6,8 +6,9 @@ import json
 import logging
 import os
 import shutil
+import sys
 from pathlib import Path
-from typing import Any
+from typing import Any, Callable
 
 LOGGER = logging.getLogger("models")
 
@@ -52,3 +53,25 @@ def remove_leftovers(out_dir: Path) -> None:
             continue
         LOGGER.info("removing leftover %s", tmp)
         shutil.rmtree(tmp, ignore_errors=True)
+
+
+def run_build(build_call: Callable[[], Any], *, quiet: bool) -> tuple[Any, int]:
+    """Run a build script's ``build(...)`` under its CLI conventions: (result, 0), or (None, exit code) after
+    printing one line for a BuildError (2) or Ctrl-C (130)."""
+    from tqdm.contrib.logging import logging_redirect_tqdm
+
+    try:
+        with logging_redirect_tqdm():
+            return build_call(), 0
+    except BuildError as err:
+        print(f"error: {err}", file=sys.stderr)
+        return None, 2
+    except KeyboardInterrupt:
+        print("interrupted; nothing half-written was left in place", file=sys.stderr)
+        return None, 130
+
+
+def setup_logging(quiet: bool) -> None:
+    """INFO (WARNING with --quiet) with timestamps, as every build script logs."""
+    logging.basicConfig(level=logging.WARNING if quiet else logging.INFO,
+                        format="%(asctime)s %(levelname)s %(name)s: %(message)s", datefmt="%H:%M:%S")

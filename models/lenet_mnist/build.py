@@ -28,10 +28,9 @@ from typing import TYPE_CHECKING, Any  # noqa: E402
 
 import numpy as np  # noqa: E402
 from tqdm import tqdm  # noqa: E402
-from tqdm.contrib.logging import logging_redirect_tqdm  # noqa: E402
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # models/: helpers shared by the build scripts
-from buildkit import BuildError, read_marker, remove_leftovers, replace_dir  # noqa: E402
+from buildkit import BuildError, read_marker, remove_leftovers, replace_dir, run_build, setup_logging  # noqa: E402,E501
 
 if TYPE_CHECKING:  # paddle (~3 s to import) is loaded only when there is work to do
     import paddle
@@ -378,21 +377,15 @@ def main(argv: list[str] | None = None) -> int:
     """Command-line entry point; returns the exit code."""
     args = parse_args(argv)
     os.environ.setdefault("GLOG_minloglevel", "2")  # hide Paddle's C++ INFO lines ("New Executor is Running")
-    logging.basicConfig(level=logging.WARNING if args.quiet else logging.INFO,
-                        format="%(asctime)s %(levelname)s %(name)s: %(message)s", datefmt="%H:%M:%S")
+    setup_logging(args.quiet)
     out_dir = args.out.resolve()
     if not args.force and is_up_to_date(out_dir):
         print_summary(out_dir, up_to_date=True)
         return 0
-    try:
-        with logging_redirect_tqdm():
-            build(out_dir, epochs=args.epochs, seed=args.seed, force=args.force, quiet=args.quiet)
-    except BuildError as err:
-        print(f"error: {err}", file=sys.stderr)
-        return 2
-    except KeyboardInterrupt:
-        print("interrupted; nothing half-written was left in place", file=sys.stderr)
-        return 130
+    _, code = run_build(lambda: build(out_dir, epochs=args.epochs, seed=args.seed, force=args.force,
+                                      quiet=args.quiet), quiet=args.quiet)
+    if code:
+        return code
     print_summary(out_dir, up_to_date=False)
     return 0
 

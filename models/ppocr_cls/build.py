@@ -33,10 +33,9 @@ from typing import Any
 
 import numpy as np
 from tqdm import tqdm
-from tqdm.contrib.logging import logging_redirect_tqdm
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # models/: helpers shared by the build scripts
-from buildkit import BuildError, read_marker, remove_leftovers, replace_dir  # noqa: E402
+from buildkit import BuildError, read_marker, remove_leftovers, replace_dir, run_build, setup_logging  # noqa: E402,E501
 
 LOGGER = logging.getLogger("models.ppocr_cls")
 
@@ -284,19 +283,12 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
 def main(argv: list[str] | None = None) -> int:
     """Command-line entry point; returns the exit code."""
     args = parse_args(argv)
-    logging.basicConfig(level=logging.WARNING if args.quiet else logging.INFO,
-                        format="%(asctime)s %(levelname)s %(name)s: %(message)s", datefmt="%H:%M:%S")
+    setup_logging(args.quiet)
     out_dir = args.out.resolve()
-    try:
-        with logging_redirect_tqdm():
-            result = build(out_dir, counts={"test": args.test, "calib": args.calib}, seed=args.seed,
-                           force=args.force, quiet=args.quiet)
-    except BuildError as err:
-        print(f"error: {err}", file=sys.stderr)
-        return 2
-    except KeyboardInterrupt:
-        print("interrupted; nothing half-written was left in place", file=sys.stderr)
-        return 130
+    result, code = run_build(lambda: build(out_dir, counts={"test": args.test, "calib": args.calib},
+                                           seed=args.seed, force=args.force, quiet=args.quiet), quiet=args.quiet)
+    if code:
+        return code
     if result["built"]:
         print(f"built {' and '.join(result['built'])} in {result['seconds']} s")
     else:
