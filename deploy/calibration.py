@@ -11,7 +11,7 @@ import contextlib
 import logging
 import shutil
 import time
-from dataclasses import dataclass, field, replace
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any, Iterator, Optional
 
@@ -59,7 +59,6 @@ class CalibrationResult:
     manifest: Path
     images: int
     seconds: float
-    scales: dict = field(default_factory=dict)
 
 
 def sample_images(cfg: DeployConfig, source: Optional[str] = None) -> list[ImageItem]:
@@ -302,5 +301,5 @@ def _calibrate_cpu(cfg: DeployConfig, files: ModelFiles, calib: CalibrationSet, 
     manifest = cache.write_manifest_entry(files, "cpu", entry)
     installed = [final / p.name for p in artifacts]
     log.info("wrote quantized model %s (%d tensors with scales)", final, len(scales))
-    return CalibrationResult("cpu", installed, manifest, calib.count, 0.0, scales)
+    return CalibrationResult("cpu", installed, manifest, calib.count, 0.0)
 
