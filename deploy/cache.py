@@ -6,6 +6,7 @@ calibration image list, and every INT8 run checks them before trusting an artifa
 """
 from __future__ import annotations
 
+import dataclasses
 import datetime as _dt
 import hashlib
 import json
@@ -16,14 +17,13 @@ import tempfile
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Optional
 
+from deploy.config.loader import DeployConfig
+from deploy.data.pipeline import ops_fingerprint
+from deploy.engines.model import ModelFiles
 from deploy.errors import CalibrationError
 
-log = logging.getLogger(__name__)
-
-if TYPE_CHECKING:
-    from deploy.config import DeployConfig
-    from deploy.model import ModelFiles
-    from deploy.predictor import Int8Mode, PredictorPlan
+if TYPE_CHECKING:  # the plan module reads INT8 artifacts through this one
+    from deploy.engines.plan import Int8Mode, PredictorPlan
 
 log = logging.getLogger(__name__)
 
@@ -101,12 +101,12 @@ def sha256_text(text: str) -> str:
     return hashlib.sha256(text.encode("utf-8")).hexdigest()
 
 
-def opt_cache_dir(files: "ModelFiles") -> Path:
+def opt_cache_dir(files: ModelFiles) -> Path:
     """``<model dir>/_opt_cache``: where Paddle writes tables and engines, and where our manifest lives."""
     return files.dir / "_opt_cache"
 
 
-def model_fingerprint(files: "ModelFiles") -> dict[str, str]:
+def model_fingerprint(files: ModelFiles) -> dict[str, str]:
     """sha256 of the program and params files."""
     return {"program": str(files.program), "program_sha256": sha256_file(files.program),
             "params_sha256": sha256_file(files.params)}
@@ -117,7 +117,7 @@ def artifact_fingerprint(paths: list[Path]) -> dict[str, str]:
     return {p.name: sha256_file(p) for p in sorted(paths)}
 
 
-def read_manifest(files: "ModelFiles") -> dict:
+def read_manifest(files: ModelFiles) -> dict:
     """The manifest beside the model, or an empty one."""
     path = opt_cache_dir(files) / MANIFEST_NAME
     if not path.is_file():
@@ -132,7 +132,7 @@ def read_manifest(files: "ModelFiles") -> dict:
     return data
 
 
-def write_manifest_entry(files: "ModelFiles", target: str, entry: dict) -> Path:
+def write_manifest_entry(files: ModelFiles, target: str, entry: dict) -> Path:
     """Record one target's calibration (``cpu`` or ``trt``) in the manifest, atomically."""
     manifest = read_manifest(files)
     manifest["targets"][target] = {"created": _dt.datetime.now().astimezone().isoformat(timespec="seconds"),
@@ -142,14 +142,12 @@ def write_manifest_entry(files: "ModelFiles", target: str, entry: dict) -> Path:
     return path
 
 
-def _rerun(cfg: "DeployConfig") -> str:
+def _rerun(cfg: DeployConfig) -> str:
     return f"rerun: python tools/calibrate.py -c {cfg.source}"
 
 
-def check_fresh(entry: dict, files: "ModelFiles", cfg: "DeployConfig") -> None:
+def check_fresh(entry: dict, files: ModelFiles, cfg: DeployConfig) -> None:
     """Raise if the model or the preprocessing changed since this calibration entry was written."""
-    from deploy.preprocess import ops_fingerprint
-
     when = entry.get("created", "an unknown time")
     now = model_fingerprint(files)
     if (now["program_sha256"], now["params_sha256"]) != (entry["model"]["program_sha256"],
@@ -163,15 +161,13 @@ def check_fresh(entry: dict, files: "ModelFiles", cfg: "DeployConfig") -> None:
                     "used until you %s", cfg.source, when, _rerun(cfg))
 
 
-def calibration_settings_fingerprint(cfg: "DeployConfig") -> str:
+def calibration_settings_fingerprint(cfg: DeployConfig) -> str:
     """A hash of the calibration section (algorithm, images, count, seed, CPU INT8 switches)."""
-    import dataclasses
-
     settings = {k: str(v) for k, v in dataclasses.asdict(cfg.calibration).items()}
     return sha256_text(json.dumps(settings, sort_keys=True))
 
 
-def _check_artifacts(entry: dict, cfg: "DeployConfig") -> list[Path]:
+def _check_artifacts(entry: dict, cfg: DeployConfig) -> list[Path]:
     art_dir = Path(entry["artifacts"]["dir"])
     expected = entry["artifacts"]["files"]
     paths = [art_dir / name for name in expected]
@@ -198,7 +194,7 @@ def _same_model(a: Optional[dict], b: dict) -> bool:
     return bool(a) and all(a.get(k) == b[k] for k in ("program_sha256", "params_sha256"))
 
 
-def guard_engine_cache(files: "ModelFiles", cache_dir: Path) -> list[Path]:
+def guard_engine_cache(files: ModelFiles, cache_dir: Path) -> list[Path]:
     """Before a use_static TensorRT predictor is built: remove serialized engines that were not built from
     this model (Paddle's engine keys do not hash the weights), then record the model's fingerprint beside them.
 
@@ -226,10 +222,8 @@ def guard_engine_cache(files: "ModelFiles", cache_dir: Path) -> list[Path]:
     return stale
 
 
-def int8_artifacts(cfg: "DeployConfig", plan: "PredictorPlan", *, calibrating: bool) -> tuple["ModelFiles", "Int8Mode"]:
+def int8_artifacts(cfg: DeployConfig, plan: "PredictorPlan", *, calibrating: bool) -> tuple[ModelFiles, "Int8Mode"]:
     """The model files and INT8 mode for a non-quantized model, after checking our calibration is fresh."""
-    from deploy.model import ModelFiles
-
     target = "trt" if plan.backend == "trt" else "cpu"
     if target == "trt" and calibrating:
         return plan.model, "calibrate"

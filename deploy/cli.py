@@ -9,7 +9,7 @@ import warnings
 from pathlib import Path
 from typing import Callable, Optional
 
-from deploy.errors import DeployError
+from deploy.errors import ConfigError, DeployError
 
 PRECISIONS = ("fp32", "fp16", "int8", "bf16")
 
@@ -47,7 +47,7 @@ def overrides_from_args(args: argparse.Namespace) -> list[str]:
 
 def load_config_from_args(args: argparse.Namespace, extra: Optional[list[str]] = None):
     """The typed config named by -c, with shortcuts and -o applied."""
-    from deploy.config import load_config
+    from deploy.config.loader import load_config
 
     return load_config(args.config, overrides_from_args(args) + list(extra or []))
 
@@ -99,8 +99,6 @@ def add_benchmark_args(parser: argparse.ArgumentParser) -> None:
 
 def int_list(text: Optional[str], option: str) -> list[int]:
     """'1,8,64' -> [1, 8, 64]; positive integers only (ConfigError otherwise)."""
-    from deploy.errors import ConfigError
-
     if not text:
         return []
     try:
@@ -114,7 +112,7 @@ def int_list(text: Optional[str], option: str) -> list[int]:
 
 def run_specs_from_args(args: argparse.Namespace) -> list:
     """The RunSpecs of -c at --precisions plus each --compare: runtime shortcuts apply to all, -o to -c only."""
-    from deploy.runs import parse_precisions, run_specs
+    from deploy.report.runs import parse_precisions, run_specs
 
     shortcuts = overrides_from_args(argparse.Namespace(**{**vars(args), "override": []}))
     return run_specs(args.config, parse_precisions(args.precisions), args.compare, args.override, shortcuts)

@@ -9,6 +9,8 @@ from importlib import metadata
 from pathlib import Path
 from typing import Optional
 
+from deploy.table import format_table
+
 DEVICES = ("gpu", "cpu")
 BACKENDS = ("trt", "paddle")
 PRECISIONS = ("fp32", "fp16", "int8", "bf16")
@@ -171,8 +173,6 @@ def _version(v: tuple[int, int, int]) -> str:
 
 def format_env(env: Environment, rows: list[tuple[str, str, str, str]]) -> str:
     """The probe as text: versions, hardware, then the capability table."""
-    from deploy.table import format_table
-
     flags = ", ".join(f"{k}={'yes' if v else 'no'}" for k, v in env.cpu_flags.items())
     facts = [
         ("python", env.python),

@@ -10,12 +10,13 @@ from typing import Optional
 from tqdm import tqdm
 
 from deploy.cache import atomic_write_json
-from deploy.config import DeployConfig
-from deploy.data import IMAGE_SUFFIXES, ImageItem, iter_batches, list_images, load_label_names
+from deploy.config.loader import DeployConfig
+from deploy.data.sources import IMAGE_SUFFIXES, ImageItem, iter_batches, list_images, load_label_names
 from deploy.errors import DataError
-from deploy.postprocess import Prediction, topk
-from deploy.predictor import Predictor, resolve_plan
-from deploy.preprocess import ImagePipeline
+from deploy.tasks.classification import Prediction, topk
+from deploy.engines.paddle import Predictor
+from deploy.engines.plan import resolve_plan
+from deploy.data.pipeline import ImagePipeline
 
 log = logging.getLogger(__name__)
 CONSOLE_LIMIT = 20  # print every prediction up to this many images, then only the summary

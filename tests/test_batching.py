@@ -3,10 +3,10 @@ import cv2
 import numpy as np
 import pytest
 
-from deploy.config import load_config
-from deploy.data import ImageItem, iter_batches, list_images
+from deploy.config.loader import load_config
+from deploy.data.sources import ImageItem, iter_batches, list_images
 from deploy.errors import ConfigError, DataError
-from deploy.preprocess import BatchPad, Decode, ImagePipeline, Normalize, ResizeKeepRatio, ToCHW
+from deploy.data.pipeline import BatchPad, Decode, ImagePipeline, Normalize, ResizeKeepRatio, ToCHW
 from conftest import write_config
 
 

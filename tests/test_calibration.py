@@ -7,13 +7,14 @@ from paddle.inference import PrecisionType
 
 from conftest import LENET_CONFIG, error_line, run_tool, write_config
 from deploy import cache
-from deploy import calibration as calibration_mod
-from deploy.calibration import calibrate
-from deploy.config import load_config
+from deploy.int8 import calibration as calibration_mod
+from deploy.int8.calibration import calibrate
+from deploy.config.loader import load_config
 from deploy.errors import CalibrationError
-from deploy.model import ModelFiles, inspect_model
-from deploy.predictor import build_predictor_config, resolve_plan
-from deploy.preprocess import ops_fingerprint
+from deploy.engines.model import ModelFiles, inspect_model
+from deploy.engines.paddle import build_predictor_config
+from deploy.engines.plan import resolve_plan
+from deploy.data.pipeline import ops_fingerprint
 from paddle_signatures import RecordingConfig, bind
 from test_predictor_contract import gpu_env
 

@@ -2,9 +2,9 @@
 import pytest
 
 from conftest import LENET_CONFIG, ROOT, write_config
-from deploy.config import load_config
+from deploy.config.loader import load_config
 from deploy.errors import ConfigError
-from deploy.preprocess import Decode, Normalize, Resize, ToCHW
+from deploy.data.pipeline import Decode, Normalize, Resize, ToCHW
 
 
 def test_lenet_config_is_typed_and_paths_are_absolute():

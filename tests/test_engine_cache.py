@@ -7,10 +7,11 @@ import logging
 import pytest
 
 from deploy import cache
-from deploy.config import load_config
+from deploy.config.loader import load_config
 from deploy.errors import ModelError
-from deploy.model import ModelFiles
-from deploy.predictor import Predictor, build_predictor_config, resolve_plan
+from deploy.engines.model import ModelFiles
+from deploy.engines.paddle import Predictor, build_predictor_config
+from deploy.engines.plan import resolve_plan
 from paddle_signatures import RecordingConfig
 from test_predictor_contract import gpu_env
 

@@ -10,11 +10,12 @@ import numpy as np
 import pytest
 
 from conftest import LENET_CONFIG, error_line, run_tool, write_config
-from deploy.calibration import calibrate
-from deploy.config import load_config
+from deploy.int8.calibration import calibrate
+from deploy.config.loader import load_config
 from deploy.errors import CalibrationError, ModelError
-from deploy.model import ModelFiles, inspect_model
-from deploy.predictor import Predictor, build_predictor_config, resolve_plan
+from deploy.engines.model import ModelFiles, inspect_model
+from deploy.engines.paddle import Predictor, build_predictor_config
+from deploy.engines.plan import resolve_plan
 from paddle_signatures import RecordingConfig, bind
 from test_predictor_contract import gpu_env
 

@@ -15,12 +15,13 @@ import pytest
 from paddle.inference import PrecisionType
 
 from conftest import ROOT, error_line, run_tool, write_config
-from deploy import calibration as calibration_mod
-from deploy import predictor as predictor_mod
-from deploy.config import load_config
+from deploy.int8 import calibration as calibration_mod
+from deploy.engines import plan as plan_mod
+from deploy.config.loader import load_config
 from deploy.errors import CalibrationError
-from deploy.predictor import build_predictor_config, resolve_plan
-from deploy.shapes import read_shape_ranges
+from deploy.engines.paddle import build_predictor_config
+from deploy.engines.plan import resolve_plan
+from deploy.int8.shapes import read_shape_ranges
 from paddle_signatures import RecordingConfig
 from test_predictor_contract import assert_every_call_binds, gpu_env
 
@@ -172,8 +173,8 @@ def test_tuned_int8_leaf_config_collect_then_trt_calibration_contract(ppocr, tmp
             return None
 
     monkeypatch.setattr(calibration_mod, "probe", gpu_env)
-    monkeypatch.setattr(predictor_mod, "probe", gpu_env)
-    monkeypatch.setattr(predictor_mod, "Predictor", RecordingPredictor)
+    monkeypatch.setattr(plan_mod, "probe", gpu_env)
+    monkeypatch.setattr(calibration_mod, "Predictor", RecordingPredictor)
     with pytest.raises(CalibrationError, match="Paddle-TRT wrote no calibration table"):
         calibration_mod.calibrate(load_config(cfg_path), quiet=True)
     (rec,) = recorded

@@ -6,11 +6,12 @@ import pytest
 from paddle.inference import PrecisionType
 
 from conftest import LENET_CONFIG
-from deploy.config import load_config
+from deploy.config.loader import load_config
 from deploy.env import Environment, probe
 from deploy.errors import CalibrationError, ModelError, UnsupportedError
-from deploy.predictor import build_predictor_config, resolve_plan
-from deploy.shapes import collect_shapes
+from deploy.engines.paddle import build_predictor_config
+from deploy.engines.plan import resolve_plan
+from deploy.int8.shapes import collect_shapes
 from paddle_signatures import RecordingConfig, bind
 
 

@@ -3,7 +3,7 @@ import numpy as np
 import pytest
 
 from deploy.errors import DataError
-from deploy.preprocess import (CenterCrop, Decode, ImagePipeline, Normalize, Pad, Resize, ResizeKeepRatio, ToCHW,
+from deploy.data.pipeline import (CenterCrop, Decode, ImagePipeline, Normalize, Pad, Resize, ResizeKeepRatio, ToCHW,
                                ops_fingerprint)
 
 

@@ -6,8 +6,9 @@ import pytest
 from paddle.inference import PrecisionType
 
 from conftest import LENET_CONFIG, ROOT, error_line, run_tool, write_config
-from deploy.config import load_config
-from deploy.predictor import build_predictor_config, resolve_plan
+from deploy.config.loader import load_config
+from deploy.engines.paddle import build_predictor_config
+from deploy.engines.plan import resolve_plan
 from paddle_signatures import RecordingConfig, bind
 from test_predictor_contract import gpu_env
 

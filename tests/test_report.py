@@ -8,13 +8,14 @@ import numpy as np
 import pytest
 
 from conftest import LENET_CONFIG, error_line, run_tool, write_config
-from deploy.calibration import calibrate
-from deploy.config import load_config
+from deploy.int8.calibration import calibrate
+from deploy.config.loader import load_config
 from deploy.errors import CalibrationError, ConfigError
-from deploy.evaluate import cosine_rows, spaced_subset, topk_accuracy
-from deploy.predictor import Predictor, resolve_plan
-from deploy.preprocess import ImagePipeline
-from deploy.runs import parse_compare, run_specs
+from deploy.report.evaluate import cosine_rows, spaced_subset, topk_accuracy
+from deploy.engines.paddle import Predictor
+from deploy.engines.plan import resolve_plan
+from deploy.data.pipeline import ImagePipeline
+from deploy.report.runs import parse_compare, run_specs
 
 PER_CLASS = 10
 SWEEP = (32, 64)
@@ -225,8 +226,8 @@ def test_metric_helpers_edge_cases():
 
 
 def test_sweep_refuses_without_writing_when_model_is_quantized(setup):
-    from deploy.calib_sweep import check_sweepable
-    from deploy.runs import load_runs
+    from deploy.report.calib_sweep import check_sweepable
+    from deploy.report.runs import load_runs
 
     run = load_runs(run_specs(setup["qcfg"], ["fp32"]), quiet=True)[0]
     with pytest.raises(CalibrationError, match="already quantized"):

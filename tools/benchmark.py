@@ -22,8 +22,8 @@ def main(argv=None):
     add_benchmark_args(parser)
     parser.add_argument("--image", help="images to decode for end-to-end timing (default: data.images)")
     args = parser.parse_args(argv)
-    from deploy.benchmark import BenchOptions
-    from deploy.report import precision_report
+    from deploy.report.benchmark import BenchOptions
+    from deploy.report.report import precision_report
 
     report = precision_report(
         runs=run_specs_from_args(args),

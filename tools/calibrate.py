@@ -28,13 +28,13 @@ def main(argv=None):
                         help="collect TensorRT shape ranges for dynamic_shape.mode=tuned instead of calibrating")
     args = parser.parse_args(argv)
     if args.collect_shapes:
-        from deploy.shapes import collect_shapes
+        from deploy.int8.shapes import collect_shapes
 
         result = collect_shapes(load_config_from_args(args), images=args.images, num_images=args.num_images,
                                 allow_fewer=args.allow_fewer, quiet=args.quiet)
         print(result.line())
         return
-    from deploy.calibration import calibrate
+    from deploy.int8.calibration import calibrate
 
     cfg = load_config_from_args(args, [f"calibration.algo={args.algo}"] if args.algo else [])
     result = calibrate(cfg, images=args.images, num_images=args.num_images, allow_fewer=args.allow_fewer,

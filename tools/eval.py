@@ -27,9 +27,9 @@ def main(argv=None):
     parser.add_argument("--benchmark", action="store_true", help="also benchmark every run (options below)")
     add_benchmark_args(parser)
     args = parser.parse_args(argv)
-    from deploy.benchmark import BenchOptions
-    from deploy.evaluate import EvalOptions
-    from deploy.report import precision_report
+    from deploy.report.benchmark import BenchOptions
+    from deploy.report.evaluate import EvalOptions
+    from deploy.report.report import precision_report
 
     bench = BenchOptions(int_list(args.batch_sizes, "--batch-sizes"), args.warmup, args.iters, args.image)
     report = precision_report(

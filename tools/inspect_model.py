@@ -19,8 +19,8 @@ def main(argv=None):
     parser.add_argument("--json", action="store_true", help="print JSON")
     parser.add_argument("--quiet", action="store_true")
     args = parser.parse_args(argv)
-    from deploy.config import ModelConfig
-    from deploy.model import describe_model, ensure_model, inspect_model
+    from deploy.config.loader import ModelConfig
+    from deploy.engines.model import describe_model, ensure_model, inspect_model
 
     if args.config:
         model_cfg = load_config_from_args(args).model

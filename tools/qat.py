@@ -14,7 +14,7 @@ def main(argv=None):
     add_config_args(parser)
     parser.add_argument("--epochs", type=int, help="override qat.epochs")
     args = parser.parse_args(argv)
-    from deploy.qat import run_qat
+    from deploy.int8.qat import run_qat
 
     cfg = load_config_from_args(args, [f"qat.epochs={args.epochs}"] if args.epochs else [])
     result = run_qat(cfg, quiet=args.quiet)

@@ -13,15 +13,15 @@ from typing import TYPE_CHECKING, Sequence
 
 import numpy as np
 
-from deploy.calibration import calibrate
-from deploy.config import DeployConfig
+from deploy.int8.calibration import calibrate
+from deploy.config.loader import DeployConfig
 from deploy.errors import CalibrationError
-from deploy.model import ModelFiles, inspect_model
-from deploy.predictor import resolve_plan
-from deploy.runs import Run, RunSpec
+from deploy.engines.model import ModelFiles, inspect_model
+from deploy.engines.plan import resolve_plan
+from deploy.report.runs import Run, RunSpec
 
 if TYPE_CHECKING:
-    from deploy.evaluate import EvalSet
+    from deploy.report.evaluate import EvalSet
 
 log = logging.getLogger(__name__)
 
@@ -51,7 +51,7 @@ def scratch_config(cfg: DeployConfig, model_dir: Path, num_images: int) -> Deplo
 def sweep_point(reference: Run, eval_set: "EvalSet", reference_outputs: np.ndarray, num_images: int, model_dir: Path,
                 *, quiet: bool) -> dict:
     """Calibrate with ``num_images`` images in ``model_dir`` and evaluate the INT8 result."""
-    from deploy.evaluate import output_metrics, run_outputs
+    from deploy.report.evaluate import output_metrics, run_outputs
 
     cfg = scratch_config(reference.cfg, model_dir, num_images)
     calibrated = calibrate(cfg, num_images=num_images, allow_fewer=False, quiet=quiet)

@@ -19,13 +19,14 @@ import numpy as np
 from tqdm import tqdm
 
 from deploy import cache
-from deploy.config import DeployConfig
-from deploy.data import ImageItem, group_batches, list_images
+from deploy.config.loader import DeployConfig
+from deploy.data.sources import ImageItem, group_batches, list_images
 from deploy.env import default_device, probe, support_reason
 from deploy.errors import CalibrationError, DataError, UnsupportedError
-from deploy.model import ModelFiles, ensure_model, inspect_model
-from deploy.predictor import native_stderr_to_log
-from deploy.preprocess import ImagePipeline, ops_fingerprint
+from deploy.engines.model import ModelFiles, ensure_model, inspect_model, quant_scales
+from deploy.engines.paddle import Predictor, native_stderr_to_log
+from deploy.engines.plan import resolve_plan, shape_file
+from deploy.data.pipeline import ImagePipeline, ops_fingerprint
 
 log = logging.getLogger(__name__)
 # PaddleSlim's names for the algorithms we offer (we accept them case-insensitively in the config).
@@ -171,8 +172,6 @@ def calibrate(cfg: DeployConfig, *, images: Optional[str] = None, num_images: Op
 
 
 def _calibrate_trt(cfg: DeployConfig, files: ModelFiles, calib: CalibrationSet, quiet: bool) -> CalibrationResult:
-    from deploy.predictor import Predictor, resolve_plan, shape_file
-
     plan = resolve_plan(cfg, quiet=True, calibrating=True)
     scratch = cache.staging_dir(cache.opt_cache_dir(files) / "trt_calibration")
     try:
@@ -280,8 +279,6 @@ def _quantize_post_static(files: ModelFiles, calib: CalibrationSet, algo: str, o
 
 def _calibrate_cpu(cfg: DeployConfig, files: ModelFiles, calib: CalibrationSet, output_dir: Optional[Path],
                    quiet: bool) -> CalibrationResult:
-    from deploy.model import quant_scales
-
     algo = cfg.calibration.algo
     final = cpu_int8_dir(cfg, files, output_dir)
     staged = cache.staging_dir(final)

@@ -9,11 +9,11 @@ from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Optional, Sequence
 
-from deploy.config import DeployConfig, load_config
+from deploy.config.loader import DeployConfig, load_config
 from deploy.env import PRECISIONS
 from deploy.errors import ConfigError
-from deploy.predictor import PredictorPlan, resolve_plan
-from deploy.preprocess import ops_fingerprint
+from deploy.engines.plan import PredictorPlan, resolve_plan
+from deploy.data.pipeline import ops_fingerprint
 
 log = logging.getLogger(__name__)
 

@@ -14,11 +14,11 @@ import numpy as np
 from tqdm import tqdm
 
 from deploy import cache
-from deploy.config import DeployConfig, QatConfig
-from deploy.data import ImageItem, iter_batches, list_images, load_label_names
+from deploy.config.loader import DeployConfig, QatConfig
+from deploy.data.sources import ImageItem, iter_batches, list_images, load_label_names
 from deploy.errors import ConfigError, DataError, ModelError
-from deploy.model import ModelFiles, run_build_script, inspect_model
-from deploy.preprocess import ImagePipeline
+from deploy.engines.model import ModelFiles, run_build_script, inspect_model
+from deploy.data.pipeline import ImagePipeline
 
 log = logging.getLogger(__name__)
 QAT_CONFIG = {"weight_quantize_type": "channel_wise_abs_max",

@@ -14,19 +14,18 @@ import shutil
 import time
 from dataclasses import dataclass, field, replace
 from pathlib import Path
-from typing import TYPE_CHECKING, Optional
+from typing import Optional
 
 from tqdm import tqdm
 
 from deploy import cache
-from deploy.config import DeployConfig
+from deploy.config.loader import DeployConfig
+from deploy.engines.paddle import Predictor
+from deploy.engines.plan import SHAPES_MANIFEST_TARGET, resolve_plan, shape_file
 from deploy.errors import CalibrationError
-
-if TYPE_CHECKING:
-    from deploy.predictor import PredictorPlan
+from deploy.int8.calibration import load_calibration_set
 
 log = logging.getLogger(__name__)
-MANIFEST_TARGET = "shapes"
 
 ShapeRange = dict[str, list[int]]  # {"min": [...], "opt": [...], "max": [...]}
 
@@ -66,9 +65,6 @@ def read_shape_ranges(path: Path) -> dict[str, ShapeRange]:
 def collect_shapes(cfg: DeployConfig, *, images: Optional[str] = None, num_images: Optional[int] = None,
                    allow_fewer: Optional[bool] = None, quiet: bool = False) -> ShapeCollection:
     """Run the calibration images through a native predictor recording shape ranges; install the file."""
-    from deploy.calibration import load_calibration_set
-    from deploy.predictor import Predictor, resolve_plan, shape_file
-
     native = replace(cfg, runtime=replace(cfg.runtime, backend="paddle", precision="fp32"))
     plan = resolve_plan(native, quiet=quiet)
     final = shape_file(plan)
@@ -96,28 +92,10 @@ def collect_shapes(cfg: DeployConfig, *, images: Optional[str] = None, num_image
              "images_sha256": calib.fingerprint(), "images_source": calib.source, "num_images": calib.count,
              "batch_size": cfg.runtime.batch_size, "device": plan.device,
              "artifacts": {"dir": str(final.parent), "files": cache.artifact_fingerprint([final])}}
-    cache.write_manifest_entry(plan.model, MANIFEST_TARGET, entry)
+    cache.write_manifest_entry(plan.model, SHAPES_MANIFEST_TARGET, entry)
     inputs = {input_name: ranges[input_name]} if input_name in ranges else {}
     result = ShapeCollection(final, calib.count, len(runs), time.perf_counter() - start, plan.device, inputs)
     log.info("wrote %s; its provenance is in %s", final, cache.opt_cache_dir(plan.model) / cache.MANIFEST_NAME)
     return result
 
 
-def check_shape_file(cfg: DeployConfig, plan: "PredictorPlan") -> Path:
-    """For tuned dynamic shapes: the shape file must exist and, when we collected it, match the model."""
-    from deploy.predictor import shape_file
-
-    path = shape_file(plan)
-    rerun = f"run: python tools/calibrate.py -c {cfg.source} --collect-shapes"
-    if not path.is_file():
-        raise CalibrationError(f"runtime.trt.dynamic_shape.mode is tuned but there is no shape range file {path}; "
-                               f"{rerun}")
-    entry = cache.read_manifest(plan.model)["targets"].get(MANIFEST_TARGET)
-    recorded = entry and Path(entry["artifacts"]["dir"]) / path.name == path
-    if recorded and cache.artifact_fingerprint([path]) == entry["artifacts"]["files"]:
-        now = cache.model_fingerprint(plan.model)
-        if (now["program_sha256"], now["params_sha256"]) != (entry["model"]["program_sha256"],
-                                                              entry["model"]["params_sha256"]):
-            raise CalibrationError(f"shape ranges in {path} are stale: the model changed since "
-                                   f"{entry.get('created', 'they were collected')}; {rerun}")
-    return path

@@ -1,131 +1,22 @@
-"""The predictor factory: the ONE place that turns a config into ``paddle.inference.Config`` and a predictor."""
+"""The Paddle Inference engine: the ONE place that turns a plan into ``paddle.inference.Config`` and a predictor."""
 from __future__ import annotations
 
 import contextlib
+import gc
 import logging
 import os
 import sys
 import tempfile
-from dataclasses import dataclass, replace
-from pathlib import Path
-from typing import Any, Callable, Iterator, Literal, Optional
+from typing import Any, Callable, Iterator, Optional
 
 import numpy as np
 
-from deploy.config import DeployConfig, DynamicShapeConfig, RuntimeConfig
-from deploy.env import Environment, default_device, probe, support_reason
-from deploy.errors import DataError, ModelError, UnsupportedError
-from deploy.model import ModelFiles, ModelInfo, ensure_model, inspect_model
+from deploy import cache
+from deploy.engines.model import inspect_model
+from deploy.engines.plan import PredictorPlan, format_shape, shape_file
+from deploy.errors import DataError, ModelError
 
 log = logging.getLogger(__name__)
-
-# How INT8 gets its scales: Paddle-TRT calibrating now, Paddle-TRT reading a table, or a quantized model.
-Int8Mode = Literal["calibrate", "table", "quantized"]
-
-
-@dataclass(frozen=True)
-class PredictorPlan:
-    """Everything the factory needs, resolved and checked: what runs where, at which precision, from which files."""
-
-    device: str
-    backend: str
-    precision: str
-    model: ModelFiles
-    runtime: RuntimeConfig
-    int8_mode: Optional[Int8Mode] = None
-    collect_shapes: Optional[Path] = None  # run natively and record TRT shape ranges into this file
-
-    @property
-    def use_calib_mode(self) -> bool:
-        return self.int8_mode in ("calibrate", "table")
-
-    def describe(self) -> str:
-        extra = f", int8 from {self.int8_mode}" if self.int8_mode else ""
-        return f"{self.device}/{self.backend}/{self.precision}{extra} ({self.model.program})"
-
-
-def resolve_plan(cfg: DeployConfig, *, env: Optional[Environment] = None, quiet: bool = False,
-                 calibrating: bool = False) -> PredictorPlan:
-    """Check the requested device/backend/precision against this machine and pick the model files to load."""
-    env = env or probe()
-    rt = cfg.runtime
-    device = default_device(env) if rt.device == "auto" else rt.device
-    reason = support_reason(env, device, rt.backend, rt.precision)
-    if reason:
-        raise UnsupportedError(f"cannot run {device}/{rt.backend}/{rt.precision} here: {reason} "
-                               "(see: python tools/env.py)")
-    files = ensure_model(cfg.model, quiet=quiet, how_to_build=_qat_command(cfg))
-    plan = PredictorPlan(device, rt.backend, rt.precision, files, rt)
-    info = inspect_model(files)
-    check_input_shape(cfg.model.input_shape, info)
-    if rt.backend == "trt":
-        _check_trt_model(cfg, plan, info)
-    if rt.precision != "int8":
-        if info.quantized:
-            log.warning("%s is a quantized model but precision is %s: its fake-quant ops will run in %s; "
-                        "use --precision int8 for INT8 speed", files.program, rt.precision, rt.precision)
-        return plan
-    if info.quantized:
-        return replace(plan, int8_mode="quantized")
-    from deploy.cache import int8_artifacts  # the calibration provenance lives with the cache writer
-
-    int8_files, mode = int8_artifacts(cfg, plan, calibrating=calibrating)
-    return replace(plan, model=int8_files, int8_mode=mode)
-
-
-def _qat_command(cfg: DeployConfig) -> Optional[str]:
-    """A config with a qat section builds its (quantized) model by quantization-aware training."""
-    if cfg.qat.network_file is not None and cfg.model.build is None:
-        return f"python tools/qat.py -c {cfg.source}"
-    return None
-
-
-def check_input_shape(expected: Optional[list[int]], info: ModelInfo) -> None:
-    """Fail when the config's model.input_shape disagrees with the model's static input dims."""
-    if expected is None or not info.inputs:
-        return
-    feed = info.inputs[0]
-    dims = feed.shape[1:] if len(feed.shape) == len(expected) + 1 else feed.shape
-    if len(dims) != len(expected) or any(d > 0 and d != e for d, e in zip(dims, expected)):
-        raise ModelError(f"model.input_shape {expected} does not match the model: input '{feed.name}' of "
-                         f"{info.files.program} has shape {format_shape(feed.shape)}; fix model.input_shape "
-                         "or model.dir")
-
-
-def _check_trt_model(cfg: DeployConfig, plan: PredictorPlan, info: ModelInfo) -> None:
-    if plan.model.format == "pir":
-        raise ModelError(f"{plan.model.program} is a PIR (.json) program, but Paddle-TRT (enable_tensorrt_engine) "
-                         "needs the classic .pdmodel format: export it with FLAGS_enable_pir_api=0 set before "
-                         "paddle is imported, or run it with runtime.backend=paddle")
-    shapes = cfg.runtime.trt.dynamic_shape
-    if shapes.mode == "manual":
-        check_dynamic_shapes(shapes, info)
-    elif shapes.mode == "tuned":
-        from deploy.shapes import check_shape_file  # shape-range provenance lives with the collector
-
-        check_shape_file(cfg, plan)
-
-
-def check_dynamic_shapes(shapes: DynamicShapeConfig, info: ModelInfo) -> None:
-    """Fail when manual TRT dynamic shapes name inputs the model lacks, or disagree with its rank/static dims."""
-    feeds = {f.name: f.shape for f in info.inputs}
-    if not feeds:
-        return
-    for name in shapes.min:
-        if name not in feeds:
-            raise ModelError(f"runtime.trt.dynamic_shape names input '{name}', but {info.files.program} has inputs "
-                             f"{sorted(feeds)}; use the model's input names")
-        model = feeds[name]
-        for which, dims in (("min", shapes.min[name]), ("opt", shapes.opt[name]), ("max", shapes.max[name])):
-            if len(dims) != len(model) or any(m > 0 and m != d for m, d in zip(model, dims)):
-                raise ModelError(f"runtime.trt.dynamic_shape.{which} of '{name}' is {dims}, but the model's "
-                                 f"input '{name}' has shape {format_shape(model)}; give one value per dim and "
-                                 "keep its fixed dims")
-
-
-def format_shape(dims: list[int]) -> str:
-    """[?, 1, 28, 28] for [-1, 1, 28, 28]."""
-    return "[" + ", ".join("?" if d < 0 else str(d) for d in dims) + "]"
 
 
 def _precision_enum(precision: str) -> Any:
@@ -157,15 +48,7 @@ def _configure_trt(config: Any, plan: PredictorPlan) -> None:
         config.enable_tuned_tensorrt_dynamic_shape(
             shape_range_info_path=str(shape_file(plan)), allow_build_at_runtime=shapes.allow_build_at_runtime)
     if trt.cache_dir is not None or trt.use_static:
-        from deploy.cache import engine_cache_dir
-
-        config.set_optim_cache_dir(str(engine_cache_dir(plan)))
-
-
-def shape_file(plan: PredictorPlan) -> Path:
-    """Where TRT shape ranges are collected to and read from."""
-    configured = plan.runtime.trt.dynamic_shape.shape_file
-    return configured or plan.model.dir / "_opt_cache" / "shape_range_info.pbtxt"
+        config.set_optim_cache_dir(str(cache.engine_cache_dir(plan)))
 
 
 def _configure_gpu(config: Any, plan: PredictorPlan) -> None:
@@ -181,8 +64,6 @@ def _configure_gpu(config: Any, plan: PredictorPlan) -> None:
 
 
 def _configure_cpu(config: Any, plan: PredictorPlan) -> None:
-    import os
-
     config.disable_gpu()
     config.set_cpu_math_library_num_threads(plan.runtime.cpu_threads or os.cpu_count() or 1)
     if plan.collect_shapes is not None:  # works on CPU builds too (verified with Paddle 3.3.1)
@@ -241,9 +122,7 @@ class Predictor:
 
         self.plan = plan
         if plan.backend == "trt" and plan.collect_shapes is None and plan.runtime.trt.use_static:
-            from deploy.cache import engine_cache_dir, guard_engine_cache
-
-            guard_engine_cache(plan.model, engine_cache_dir(plan))
+            cache.guard_engine_cache(plan.model, cache.engine_cache_dir(plan))
         try:
             with native_stderr_to_log():
                 self._predictor = pi.create_predictor(build_predictor_config(plan))
@@ -283,8 +162,6 @@ class Predictor:
         if getattr(self, "_predictor", None) is not None:
             del self._predictor
             self._predictor = None
-            import gc
-
             gc.collect()
 
     def __enter__(self) -> "Predictor":

@@ -16,7 +16,7 @@ import cv2
 import numpy as np
 
 from deploy.errors import ConfigError, DataError
-from deploy.schema import build_dataclass
+from deploy.config.schema import build_dataclass, closest_key
 
 _INTERPOLATIONS = {
     "nearest": cv2.INTER_NEAREST,
@@ -134,8 +134,6 @@ OP_TYPES: dict[str, type] = {
 
 def parse_ops(raw: Any, where: Callable[[str], str], key: str = "preprocess") -> list[Any]:
     """Turn the YAML list of ``{op_name: {args}}`` into op dataclasses (first op must be decode)."""
-    from deploy.schema import closest_key
-
     if not isinstance(raw, list) or not raw:
         raise ConfigError(f"{where(key)}: '{key}' must be a non-empty list of ops, e.g. [{{decode: {{mode: RGB}}}}]")
     ops = []

@@ -13,7 +13,8 @@ from typing import Any, Literal, Optional
 import yaml
 
 from deploy.errors import ConfigError
-from deploy.schema import build_dataclass, check_keys, closest_key, field_types
+from deploy.data.pipeline import parse_ops
+from deploy.config.schema import build_dataclass, check_keys, closest_key, field_types
 
 Device = Literal["auto", "cpu", "gpu"]
 Backend = Literal["paddle", "trt"]
@@ -289,8 +290,6 @@ def _origin_lookup(origins: dict[str, str]):
 
 def load_config(path: Path | str, overrides: list[str] | None = None) -> DeployConfig:
     """Load, merge, override and validate a config file."""
-    from deploy.preprocess import parse_ops
-
     path = Path(path)
     tree, origins = _apply_overrides(_load_tree(path), list(overrides or []))
     where = _origin_lookup(origins)

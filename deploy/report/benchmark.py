@@ -21,11 +21,11 @@ from typing import Iterator, Optional, Sequence
 import numpy as np
 from tqdm import tqdm
 
-from deploy.data import ImageItem, group_batches, list_images
+from deploy.data.sources import ImageItem, group_batches, list_images
 from deploy.errors import DataError
-from deploy.predictor import Predictor
-from deploy.preprocess import ImagePipeline
-from deploy.runs import Run
+from deploy.engines.paddle import Predictor
+from deploy.data.pipeline import ImagePipeline
+from deploy.report.runs import Run
 
 log = logging.getLogger(__name__)
 PERCENTILES = (50, 90, 99)

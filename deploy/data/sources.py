@@ -11,7 +11,7 @@ from typing import Callable, Iterable, Iterator, Optional, TypeVar
 import numpy as np
 
 from deploy.errors import DataError
-from deploy.preprocess import ImagePipeline
+from deploy.data.pipeline import ImagePipeline
 
 log = logging.getLogger(__name__)
 

@@ -13,12 +13,12 @@ from typing import TYPE_CHECKING, Any, Optional, Sequence
 
 from deploy.cache import atomic_write_bytes, atomic_write_json, atomic_write_text
 from deploy.errors import DataError
-from deploy.runs import Run, RunSpec, check_same_preprocess, load_runs
+from deploy.report.runs import Run, RunSpec, check_same_preprocess, load_runs
 from deploy.table import format_markdown_table, format_table
 
 if TYPE_CHECKING:  # the heavy modules load only when a report runs
-    from deploy.benchmark import BenchOptions
-    from deploy.evaluate import EvalOptions
+    from deploy.report.benchmark import BenchOptions
+    from deploy.report.evaluate import EvalOptions
 
 log = logging.getLogger(__name__)
 REPORT_FORMAT = 1
@@ -43,8 +43,8 @@ def precision_report(*, runs: Sequence[RunSpec], evaluation: Optional["EvalOptio
                      benchmark: Optional["BenchOptions"] = None, output_dir: Optional[Path] = None,
                      quiet: bool = False) -> Report:
     """Compare ``runs`` (the first is the reference): accuracy and/or speed; write the report to ``output_dir``."""
-    from deploy.benchmark import benchmark as run_benchmark
-    from deploy.evaluate import evaluate
+    from deploy.report.benchmark import benchmark as run_benchmark
+    from deploy.report.evaluate import evaluate
 
     if output_dir is not None:
         _check_writable(output_dir)
@@ -100,7 +100,7 @@ def report_data(runs: Sequence[Run], accuracy: Any = None, speed: Any = None) ->
 
 def render_plots(data: dict) -> dict[str, bytes]:
     """PNG bytes per plot name, for the sections the report has."""
-    from deploy import plots
+    from deploy.report import plots
 
     colors = plots.run_colors([r["label"] for r in data["runs"]])
     out = {}

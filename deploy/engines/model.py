@@ -11,7 +11,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Iterator, Literal, Optional
 
-from deploy.config import ModelConfig
+from deploy.config.loader import ModelConfig
 from deploy.errors import ModelError
 
 log = logging.getLogger(__name__)

@@ -13,11 +13,11 @@ from typing import Optional, Sequence
 import numpy as np
 from tqdm import tqdm
 
-from deploy.data import ImageItem, iter_batches, list_images, load_label_names
+from deploy.data.sources import ImageItem, iter_batches, list_images, load_label_names
 from deploy.errors import DataError
-from deploy.predictor import Predictor
-from deploy.preprocess import ImagePipeline
-from deploy.runs import Run
+from deploy.engines.paddle import Predictor
+from deploy.data.pipeline import ImagePipeline
+from deploy.report.runs import Run
 
 log = logging.getLogger(__name__)
 TOPK = 5
@@ -178,7 +178,7 @@ def evaluate(runs: Sequence[Run], options: EvalOptions, *, quiet: bool = False) 
     """Run every run over the same preprocessed images; the first run is the reference."""
     reference = runs[0]
     if options.calib_sweep:
-        from deploy.calib_sweep import check_sweepable
+        from deploy.report.calib_sweep import check_sweepable
 
         check_sweepable(reference)
     eval_set = load_eval_set(reference, images=options.images, limit=options.limit, quiet=quiet)
@@ -193,7 +193,7 @@ def evaluate(runs: Sequence[Run], options: EvalOptions, *, quiet: bool = False) 
     result = EvalResult(eval_set.source, len(eval_set.items), eval_set.labelled, eval_set.skipped,
                         reference.cfg.runtime.batch_size, reference.label, results)
     if options.calib_sweep:
-        from deploy.calib_sweep import calibration_sweep
+        from deploy.report.calib_sweep import calibration_sweep
 
         result.sweep = calibration_sweep(reference, eval_set, outputs[reference.label], options.calib_sweep,
                                          quiet=quiet)

@@ -1,0 +1,1 @@
+"""INT8 between engines and tasks: calibration, quantization-aware training, TensorRT shape collection."""

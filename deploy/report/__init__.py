@@ -1,0 +1,1 @@
+"""Evaluation, benchmark, calibration-set sweep and the side-by-side report."""
