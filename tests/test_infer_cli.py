@@ -61,7 +61,7 @@ def test_model_not_matching_the_config_shape(lenet, tmp_path):
     cfg = write_config(tmp_path / "pre.yml", f"_base_: {LENET_CONFIG}\nmodel:\n  input_shape: null\n"
                        "preprocess: [decode, {resize: {size: 32}}, {normalize: {mean: [0.5], std: [0.5]}}, to_chw]\n")
     line = error_line(run_tool("infer", "-c", cfg, "--image", lenet / "data" / "test" / "0"))
-    assert "shape [3, 32, 32] but the model input 'x' expects [1, 28, 28]" in line
+    assert "model input 'x' is fed [3, 32, 32] per image but expects [1, 28, 28]" in line
 
 
 def test_missing_model_without_build_script(tmp_path):

@@ -160,6 +160,8 @@ def test_tuned_int8_leaf_config_collect_then_trt_calibration_contract(ppocr, tmp
     recorded = []
 
     class RecordingPredictor:
+        input_names, output_names = ["x"], ["softmax_0.tmp_0"]
+
         def __init__(self, plan):
             recorded.append(build_predictor_config(plan, config_cls=RecordingConfig))
 
@@ -169,8 +171,9 @@ def test_tuned_int8_leaf_config_collect_then_trt_calibration_contract(ppocr, tmp
         def __exit__(self, *exc):
             return None
 
-        def run(self, batch):
-            return None
+        def run(self, feeds):
+            assert set(feeds) == {"x"} and feeds["x"].shape[1:] == (3, 48, 192)
+            return {}
 
     monkeypatch.setattr(calibration_mod, "probe", gpu_env)
     monkeypatch.setattr(plan_mod, "probe", gpu_env)

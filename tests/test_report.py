@@ -11,7 +11,8 @@ from conftest import LENET_CONFIG, error_line, run_tool, write_config
 from deploy.int8.calibration import calibrate
 from deploy.config.loader import load_config
 from deploy.errors import CalibrationError, ConfigError
-from deploy.report.evaluate import cosine_rows, spaced_subset, topk_accuracy
+from deploy.report.evaluate import spaced_subset
+from deploy.tasks.classification import cosine_rows, topk_accuracy
 from deploy.engines.paddle import Predictor
 from deploy.engines.plan import resolve_plan
 from deploy.data.pipeline import ImagePipeline
@@ -22,12 +23,13 @@ SWEEP = (32, 64)
 BENCH = {"batch_sizes": [1, 4], "warmup": 1, "iters": 3}
 
 # The documented report.json keys (README, "report.json keys"): this test is their contract.
-TOP_KEYS = {"format", "created", "environment", "reference", "runs", "accuracy", "calibration_sweep", "benchmark",
-            "files"}
+TOP_KEYS = {"format", "created", "environment", "task", "reference", "runs", "accuracy", "calibration_sweep",
+            "benchmark", "files"}
 ENV_KEYS = {"python", "paddle", "paddleslim", "tensorrt", "onednn", "cpu", "cpu_count", "gpus"}
 RUN_KEYS = {"label", "config", "precision", "device", "backend", "int8_mode", "model", "plan"}
-ACCURACY_KEYS = {"source", "images", "labelled", "skipped", "batch_size", "reference", "results"}
-METRIC_KEYS = {"top1", "top5", "top1_agreement", "cosine_mean", "cosine_min", "max_abs_diff", "mean_abs_diff"}
+ACCURACY_KEYS = {"task", "columns", "source", "images", "labelled", "skipped", "batch_size", "reference", "results"}
+METRIC_KEYS = {"top1", "top5", "agreement", "top1_agreement", "cosine_mean", "cosine_min", "max_abs_diff",
+               "mean_abs_diff"}
 ACCURACY_RESULT_KEYS = {"label", "seconds"} | METRIC_KEYS
 SWEEP_KEYS = {"config", "algo", "calibration_images", "seed", "results"}
 SWEEP_RESULT_KEYS = {"num_images", "calibration_seconds"} | METRIC_KEYS
@@ -83,7 +85,8 @@ def numpy_outputs(cfg_path, precision, items, batch_size=64):
     pipeline = ImagePipeline(cfg.preprocess)
     arrays = np.stack([pipeline(path) for path, _ in items])
     with Predictor(resolve_plan(cfg, quiet=True)) as predictor:
-        outs = [predictor.run(arrays[i:i + batch_size]) for i in range(0, len(arrays), batch_size)]
+        outs = [predictor.run({"x": arrays[i:i + batch_size]})[predictor.output_names[0]]
+                for i in range(0, len(arrays), batch_size)]
     return np.concatenate(outs).reshape(len(items), -1).astype(np.float64)
 
 

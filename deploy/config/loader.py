@@ -8,7 +8,7 @@ from __future__ import annotations
 import copy
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Literal, Optional
+from typing import Any, Callable, Literal, Optional
 
 import yaml
 
@@ -20,6 +20,7 @@ Device = Literal["auto", "cpu", "gpu"]
 Backend = Literal["paddle", "trt"]
 Precision = Literal["fp32", "fp16", "int8", "bf16"]
 CalibAlgo = Literal["hist", "KL", "mse", "avg", "abs_max", "emd"]
+TaskName = Literal["classification", "ocr_det", "ocr_rec", "detection"]
 OVERRIDE = "command line (-o)"
 
 
@@ -100,11 +101,33 @@ class RuntimeConfig:
 
 @dataclass
 class PostprocessConfig:
-    """How outputs become predictions."""
+    """How outputs become results; each task reads its own keys (README, "Config reference")."""
 
+    # classification (label_list: detection too)
     topk: int = 5
-    label_list: Optional[Path] = None
+    label_list: Optional[Path] = None  # class names, one per line (line number = class id)
     softmax: bool = False  # apply softmax to the output (for models that end in logits)
+    # ocr_rec: CTC greedy decoding
+    character_dict: Optional[Path] = None  # one character per line; class 0 is the CTC blank
+    use_space_char: bool = True  # the last class is a space (PP-OCR models)
+    # ocr_det: DB post-processing (PaddleOCR's defaults)
+    thresh: float = 0.3  # binarize the probability map
+    box_thresh: float = 0.6  # drop boxes whose mean probability is lower
+    unclip_ratio: float = 1.5  # expand the shrunk text kernel back to the text
+    max_candidates: int = 1000
+    min_size: int = 3  # drop boxes with a side shorter than this (map pixels)
+    score_mode: Literal["fast", "slow"] = "fast"  # box score: mean inside the box ("fast") or the polygon
+    use_dilation: bool = False
+    # detection: boxes kept in results (metrics see every box)
+    score_threshold: float = 0.5
+
+    def __post_init__(self) -> None:
+        if self.topk < 1 or self.max_candidates < 1 or self.min_size < 0 or self.unclip_ratio <= 0:
+            raise ValueError("'postprocess.topk' and 'max_candidates' must be >= 1, 'min_size' >= 0 and "
+                             "'unclip_ratio' > 0")
+        for key in ("thresh", "box_thresh", "score_threshold"):
+            if not 0.0 <= getattr(self, key) <= 1.0:
+                raise ValueError(f"'postprocess.{key}' must be between 0 and 1, got {getattr(self, key)}")
 
 
 @dataclass
@@ -158,6 +181,7 @@ class DeployConfig:
 
     model: ModelConfig
     preprocess: list[Any]
+    task: TaskName = "classification"
     runtime: RuntimeConfig = field(default_factory=RuntimeConfig)
     postprocess: PostprocessConfig = field(default_factory=PostprocessConfig)
     data: DataConfig = field(default_factory=DataConfig)
@@ -288,16 +312,23 @@ def _origin_lookup(origins: dict[str, str]):
     return where
 
 
-def load_config(path: Path | str, overrides: list[str] | None = None) -> DeployConfig:
-    """Load, merge, override and validate a config file."""
-    path = Path(path)
-    tree, origins = _apply_overrides(_load_tree(path), list(overrides or []))
-    where = _origin_lookup(origins)
+def _path_resolver(where: Callable[[str], str]) -> Callable[[str, str], Path]:
+    """Resolve a relative path against the file that set its key (overrides: the current directory)."""
 
     def resolve(key: str, value: str) -> Path:
         origin = where(key)
         base = Path.cwd() if origin in ("config", OVERRIDE) else Path(origin).parent
         return (base / Path(value).expanduser()).resolve()
+
+    return resolve
+
+
+def load_config(path: Path | str, overrides: list[str] | None = None) -> DeployConfig:
+    """Load, merge, override and validate a config file."""
+    path = Path(path)
+    tree, origins = _apply_overrides(_load_tree(path), list(overrides or []))
+    where = _origin_lookup(origins)
+    resolve = _path_resolver(where)
 
     if "model" not in tree:
         raise ConfigError(f"{path}: missing section 'model' (set model.dir to the inference model directory)")
@@ -306,4 +337,59 @@ def load_config(path: Path | str, overrides: list[str] | None = None) -> DeployC
     cfg = build_dataclass(DeployConfig, {**body, "preprocess": []}, "", where, resolve)
     cfg.preprocess = ops
     cfg.source = path.resolve()
+    return cfg
+
+
+# ---------------------------------------------------------------- pipelines of models (the OCR system)
+
+
+@dataclass
+class StageConfig:
+    """One stage of a pipeline: a model's own config file, run at one precision."""
+
+    config: Path
+    precision: Precision = "fp32"
+    enabled: bool = True
+
+
+@dataclass
+class OcrSystemConfig:
+    """PP-OCR's system: detection -> (direction classification) -> recognition, each stage its own config."""
+
+    det: StageConfig
+    rec: StageConfig
+    cls: Optional[StageConfig] = None
+    drop_score: float = 0.5  # recognised lines less confident than this are dropped (PaddleOCR's drop_score)
+    cls_thresh: float = 0.9  # a crop is turned by 180 degrees when the classifier says so at least this surely
+    data: DataConfig = field(default_factory=DataConfig)
+    source: Optional[Path] = None
+
+    def __post_init__(self) -> None:
+        for key in ("drop_score", "cls_thresh"):
+            if not 0.0 <= getattr(self, key) <= 1.0:
+                raise ValueError(f"'{key}' must be between 0 and 1, got {getattr(self, key)}")
+
+
+def load_ocr_system_config(path: Path | str, overrides: list[str] | None = None) -> OcrSystemConfig:
+    """Load an OCR system config; ``-o det.precision=int8``-style overrides apply on top."""
+    path = Path(path).resolve()
+    raw = _read_yaml(path)
+    check_keys(raw, OcrSystemConfig, "", str(path))
+    loaded = (raw, _key_origins(raw, str(path)))
+    for text in overrides or []:
+        parts, value = parse_override(text)
+        nested: Any = value
+        for part in reversed(parts):
+            nested = {part: nested}
+        check_keys(nested, OcrSystemConfig, "", f"{OVERRIDE} '{text}'")
+        loaded = _merge_tracked(loaded, (nested, _key_origins(nested, OVERRIDE)))
+    tree, origins = loaded
+    where = _origin_lookup(origins)
+    resolve = _path_resolver(where)
+
+    for stage in ("det", "rec"):
+        if stage not in tree:
+            raise ConfigError(f"{path}: missing section '{stage}' (set {stage}.config to the {stage} model's config)")
+    cfg = build_dataclass(OcrSystemConfig, tree, "", where, resolve)
+    cfg.source = path
     return cfg

@@ -71,6 +71,21 @@ class ResizeKeepRatio:
 
 
 @dataclass
+class ResizeLimitSide:
+    """Scale so the longest side is at most ``limit_side_len`` (``limit_type: max``; ``min``: the shortest at
+    least), then round both sides to multiples of ``multiple`` (PaddleOCR's DetResizeForTest for DB detectors)."""
+
+    limit_side_len: int = 960
+    limit_type: Literal["max", "min"] = "max"
+    multiple: int = 32
+    interpolation: Interpolation = "linear"
+
+    def __post_init__(self) -> None:
+        if self.limit_side_len <= 0 or self.multiple <= 0:
+            raise ValueError("'limit_side_len' and 'multiple' must be positive")
+
+
+@dataclass
 class CenterCrop:
     """Crop [height, width] from the centre; the image must be at least that large."""
 
@@ -118,12 +133,19 @@ class BatchPad:
     differ are grouped into batches of equal shape instead."""
 
     value: float = 0.0
+    min_size: Optional[Size] = None  # pad every batch to at least [height, width] (PP-OCR rec: [48, 320])
+    sort_by_width: bool = False  # batch images of similar width together (PP-OCR rec sorts crops by aspect ratio)
+
+    def __post_init__(self) -> None:
+        if self.min_size is not None:
+            _hw(self.min_size, "min_size")
 
 
 OP_TYPES: dict[str, type] = {
     "decode": Decode,
     "resize": Resize,
     "resize_keep_ratio": ResizeKeepRatio,
+    "resize_limit_side": ResizeLimitSide,
     "center_crop": CenterCrop,
     "pad": Pad,
     "normalize": Normalize,
@@ -196,6 +218,18 @@ def _resize_keep_ratio(img: np.ndarray, op: ResizeKeepRatio) -> np.ndarray:
     return cv2.resize(img, (out_w, op.height), interpolation=_INTERPOLATIONS[op.interpolation])
 
 
+def _resize_limit_side(img: np.ndarray, op: ResizeLimitSide) -> np.ndarray:
+    h, w = img.shape[:2]
+    side = max(h, w) if op.limit_type == "max" else min(h, w)
+    too_big = side > op.limit_side_len if op.limit_type == "max" else side < op.limit_side_len
+    ratio = op.limit_side_len / side if too_big else 1.0
+
+    def snap(n: float) -> int:
+        return max(int(round(int(n) / op.multiple) * op.multiple), op.multiple)
+
+    return cv2.resize(img, (snap(w * ratio), snap(h * ratio)), interpolation=_INTERPOLATIONS[op.interpolation])
+
+
 def _center_crop(img: np.ndarray, op: CenterCrop) -> np.ndarray:
     ch, cw = _hw(op.size, "size")
     h, w = img.shape[:2]
@@ -232,6 +266,7 @@ def _as_hwc(img: np.ndarray) -> np.ndarray:
 _APPLY: dict[type, Callable[[np.ndarray, Any], np.ndarray]] = {
     Resize: lambda img, op: _as_hwc(_resize(img, op)),
     ResizeKeepRatio: lambda img, op: _as_hwc(_resize_keep_ratio(img, op)),
+    ResizeLimitSide: lambda img, op: _as_hwc(_resize_limit_side(img, op)),
     CenterCrop: _center_crop,
     Pad: _pad,
     Normalize: _normalize,
@@ -239,8 +274,25 @@ _APPLY: dict[type, Callable[[np.ndarray, Any], np.ndarray]] = {
 }
 
 
+_RESIZES = (Resize, ResizeKeepRatio, ResizeLimitSide)
+
+
+@dataclass(frozen=True)
+class ImageRecord:
+    """What preprocessing did to one image, for the tasks that map results back to it (boxes, polygons)."""
+
+    src_hw: tuple[int, int]  # the decoded image's height and width
+    resized_hw: tuple[int, int]  # after the last resize, before any crop or pad
+    shape: tuple[int, ...]  # the preprocessed array (before batch padding)
+
+    @property
+    def scale_hw(self) -> tuple[float, float]:
+        """resized / original, per axis (PaddleDetection's scale_factor, PaddleOCR's ratio_h, ratio_w)."""
+        return self.resized_hw[0] / self.src_hw[0], self.resized_hw[1] / self.src_hw[1]
+
+
 class ImagePipeline:
-    """Decode a file and apply the configured ops; ``__call__`` returns one float32 array."""
+    """Decode a file and apply the configured ops: ``load`` gives the float32 array and its ImageRecord."""
 
     def __init__(self, ops: list[Any]):
         self.decode: Decode = ops[0]
@@ -249,15 +301,26 @@ class ImagePipeline:
         self._spatial_axes = (1, 2) if any(isinstance(op, ToCHW) for op in self.ops) else (0, 1)
 
     def __call__(self, path: Path) -> np.ndarray:
-        img = read_image(path, self.decode.mode)
+        return self.load(path)[0]
+
+    def load(self, path: Path) -> tuple[np.ndarray, ImageRecord]:
+        """Decode ``path`` and preprocess it."""
+        return self.apply(read_image(path, self.decode.mode))
+
+    def apply(self, img: np.ndarray) -> tuple[np.ndarray, ImageRecord]:
+        """Preprocess an already decoded HWC uint8 image (in the decode op's channel order)."""
+        src_hw = resized_hw = img.shape[:2]
         for op in self.ops:
             img = _APPLY[type(op)](img, op)
-        return img.astype(np.float32, copy=False)
+            if isinstance(op, _RESIZES):
+                resized_hw = img.shape[:2]
+        array = img.astype(np.float32, copy=False)
+        return array, ImageRecord(tuple(src_hw), tuple(resized_hw), array.shape)
 
     def batch(self, arrays: list[np.ndarray]) -> np.ndarray:
         """Stack preprocessed images: all must share one shape, unless batch_pad pads them to the largest."""
         shapes = {a.shape for a in arrays}
-        if len(shapes) > 1 and self.batch_pad is not None:
+        if self.batch_pad is not None and (len(shapes) > 1 or self.batch_pad.min_size is not None):
             return np.stack([self._pad_to(a, self._batch_shape(shapes)) for a in arrays])
         if len(shapes) > 1:
             raise DataError(f"preprocessed images have different shapes {sorted(shapes)}; batch equal shapes "
@@ -271,7 +334,15 @@ class ImagePipeline:
         if len(fixed) > 1 or len({len(s) for s in shapes}) > 1:
             raise DataError(f"batch_pad pads height and width only, but the images differ in channels: "
                             f"{sorted(shapes)}; fix decode.mode")
-        return tuple(max(s[i] for s in shapes) for i in range(len(next(iter(shapes)))))
+        shape = [max(s[i] for s in shapes) for i in range(len(next(iter(shapes))))]
+        if self.batch_pad.min_size is not None:
+            for axis, least in zip(self._spatial_axes, _hw(self.batch_pad.min_size, "min_size")):
+                shape[axis] = max(shape[axis], least)
+        return tuple(shape)
+
+    def width_of(self, array: np.ndarray) -> int:
+        """The width of a preprocessed image (for sorting by width)."""
+        return array.shape[self._spatial_axes[1]]
 
     def _pad_to(self, array: np.ndarray, shape: tuple[int, ...]) -> np.ndarray:
         widths = [(0, target - size) for size, target in zip(array.shape, shape)]

@@ -114,8 +114,13 @@ def native_stderr_to_log() -> Iterator[None]:
                 log.debug("paddle: %s", text)
 
 
+_NUMPY_DTYPES = {"float32": np.float32, "float64": np.float64, "int32": np.int32, "int64": np.int64,
+                 "fp16": np.float16, "float16": np.float16, "uint8": np.uint8, "bool": np.bool_}
+
+
 class Predictor:
-    """A Paddle predictor for one image input; a context manager whose close() flushes TRT calibration."""
+    """A Paddle predictor: named input arrays in, named output arrays out; a context manager whose close()
+    flushes TensorRT calibration."""
 
     def __init__(self, plan: PredictorPlan):
         import paddle.inference as pi
@@ -130,36 +135,42 @@ class Predictor:
             first_line = str(e).strip().splitlines()[-1] if str(e).strip() else type(e).__name__
             raise ModelError(f"Paddle could not load {plan.model.program} for {plan.describe()}: "
                              f"{first_line}") from e
-        names = self._predictor.get_input_names()
-        if len(names) != 1:
-            raise ModelError(f"{plan.model.program} has {len(names)} inputs {names}; this runner feeds "
-                             "models with one image input")
-        self.input_name = names[0]
-        feeds = {f.name: f.shape for f in inspect_model(plan.model).inputs}
-        self.input_shape = feeds.get(self.input_name) or []
-        self.output_names = self._predictor.get_output_names()
+        self.input_names: list[str] = list(self._predictor.get_input_names())
+        self.output_names: list[str] = list(self._predictor.get_output_names())
+        specs = {f.name: f for f in inspect_model(plan.model).inputs}
+        self._specs = {name: specs[name] for name in self.input_names if name in specs}
+        # Handles are looked up once: they stay valid for the predictor's life and cost a map lookup per call.
+        self._inputs = {name: self._predictor.get_input_handle(name) for name in self.input_names}
+        self._outputs = {name: self._predictor.get_output_handle(name) for name in self.output_names}
 
-    def run(self, batch: np.ndarray) -> np.ndarray:
-        """Run one batch; returns the first output."""
-        self._check_shape(batch)
-        handle = self._predictor.get_input_handle(self.input_name)
-        handle.reshape(list(batch.shape))
-        handle.copy_from_cpu(np.ascontiguousarray(batch, dtype=np.float32))
+    def run(self, feeds: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
+        """Run one batch fed by input name; returns every output by name."""
+        self._check_feeds(feeds)
+        for name, handle in self._inputs.items():
+            spec = self._specs.get(name)
+            array = np.ascontiguousarray(feeds[name], dtype=_NUMPY_DTYPES.get(spec.dtype) if spec else None)
+            handle.reshape(list(array.shape))
+            handle.copy_from_cpu(array)
         self._predictor.run()
-        return self._predictor.get_output_handle(self.output_names[0]).copy_to_cpu()
+        return {name: handle.copy_to_cpu() for name, handle in self._outputs.items()}
 
-    def _check_shape(self, batch: np.ndarray) -> None:
-        expected = self.input_shape
-        if not expected:
-            return
-        if len(expected) != batch.ndim or any(e > 0 and e != g for e, g in zip(expected[1:], batch.shape[1:])):
-            raise DataError(f"preprocessed images have shape {list(batch.shape[1:])} but the model input "
-                            f"'{self.input_name}' expects {format_shape(expected[1:])}; fix the preprocess ops "
-                            "(resize size, decode mode, normalize mean/std count)")
+    def _check_feeds(self, feeds: dict[str, np.ndarray]) -> None:
+        missing = [n for n in self.input_names if n not in feeds]
+        if missing:
+            raise DataError(f"nothing feeds model input '{missing[0]}' of {self.plan.model.program} (inputs "
+                            f"{self.input_names}, fed {sorted(feeds)}); set 'task' in the config to the task whose "
+                            "model this is (classification, ocr_det, ocr_rec, detection)")
+        for name, spec in self._specs.items():
+            got = feeds[name].shape
+            if len(spec.shape) != len(got) or any(e > 0 and e != g for e, g in zip(spec.shape[1:], got[1:])):
+                raise DataError(f"model input '{name}' is fed {list(got[1:])} per image but expects "
+                                f"{format_shape(spec.shape[1:])}; fix the preprocess ops (resize size, decode mode, "
+                                "normalize mean/std count)")
 
     def close(self) -> None:
         """Destroy the predictor (Paddle-TRT writes its calibration table only now)."""
         if getattr(self, "_predictor", None) is not None:
+            self._inputs, self._outputs = {}, {}
             del self._predictor
             self._predictor = None
             gc.collect()

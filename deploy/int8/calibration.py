@@ -13,20 +13,22 @@ import shutil
 import time
 from dataclasses import dataclass, replace
 from pathlib import Path
-from typing import Any, Iterator, Optional
+from typing import Any, Iterator, Optional, Sequence
 
 import numpy as np
 from tqdm import tqdm
 
 from deploy import cache
 from deploy.config.loader import DeployConfig
-from deploy.data.sources import ImageItem, group_batches, list_images
+from deploy.data.sources import Batch, ImageItem, group_batches, list_images
 from deploy.env import default_device, probe, support_reason
 from deploy.errors import CalibrationError, DataError, UnsupportedError
 from deploy.engines.model import ModelFiles, ensure_model, inspect_model, quant_scales
 from deploy.engines.paddle import Predictor, native_stderr_to_log
 from deploy.engines.plan import resolve_plan, shape_file
 from deploy.data.pipeline import ImagePipeline, ops_fingerprint
+from deploy.tasks.base import Task
+from deploy.tasks.registry import build_task
 
 log = logging.getLogger(__name__)
 # PaddleSlim's names for the algorithms we offer (we accept them case-insensitively in the config).
@@ -35,12 +37,19 @@ QUANTIZABLE_OPS = ["conv2d", "depthwise_conv2d", "mul", "matmul", "matmul_v2"]
 
 @dataclass
 class CalibrationSet:
-    """The sampled calibration images, preprocessed, in the config's batch size."""
+    """The sampled calibration images, preprocessed and batched exactly as at inference, and the task that turns a
+    batch into the model's feeds."""
 
     source: str
-    batches: list[np.ndarray]
+    batches: list[Batch]
     items: list[ImageItem]
+    task: Task
     skipped: int = 0
+
+    def feeds(self, input_names: Sequence[str]) -> Iterator[dict[str, np.ndarray]]:
+        """Every batch as the model's feeds, by input name."""
+        for batch in self.batches:
+            yield self.task.feeds(batch, input_names)
 
     @property
     def count(self) -> int:
@@ -81,13 +90,14 @@ def load_calibration_set(cfg: DeployConfig, *, source: Optional[str] = None, num
     candidates = sample_images(cfg, source)
     pipeline = ImagePipeline(cfg.preprocess)
     skipped: list[ImageItem] = []
-    arrays, items = [], []
+    loaded, items = [], []
     with tqdm(total=min(wanted, len(candidates)), disable=quiet, unit="img", desc="calibration set") as bar:
         for item in candidates:
             if len(items) == wanted:
                 break
             try:
-                arrays.append(pipeline(item.path))
+                array, record = pipeline.load(item.path)
+                loaded.append(((item, record), array))
                 items.append(item)
                 bar.update(1)
             except DataError as e:
@@ -103,8 +113,9 @@ def load_calibration_set(cfg: DeployConfig, *, source: Optional[str] = None, num
             raise CalibrationError(f"{msg}; add images, lower calibration.num_images, or pass --allow-fewer")
         log.warning("%s; proceeding with %d (--allow-fewer)", msg, len(items))
     bs = cfg.runtime.batch_size
-    batches = [array for _, array in group_batches(zip(items, arrays), pipeline, bs)]
-    return CalibrationSet(src, batches, items, len(skipped))
+    batches = [Batch([item for item, _ in keys], array, [record for _, record in keys])
+               for keys, array in group_batches(loaded, pipeline, bs)]
+    return CalibrationSet(src, batches, items, build_task(cfg), len(skipped))
 
 
 def _versions() -> dict:
@@ -186,8 +197,9 @@ def _calibrate_trt(cfg: DeployConfig, files: ModelFiles, calib: CalibrationSet, 
                                                           dynamic_shape=shapes))
         calib_plan = replace(plan, model=copy, runtime=calib_runtime)
         with Predictor(calib_plan) as predictor:
-            for batch in tqdm(calib.batches, disable=quiet, unit="batch", desc="trt calibration"):
-                predictor.run(batch)
+            for feeds in tqdm(calib.feeds(predictor.input_names), total=len(calib.batches), disable=quiet,
+                              unit="batch", desc="trt calibration"):
+                predictor.run(feeds)
         # Leaving the with-block destroyed the predictor: only now has Paddle-TRT written the table.
         tables = [p for p in sorted((scratch / "_opt_cache").glob(f"{cache.TRT_TABLE_PREFIX}*"))
                   if p.stat().st_size > 0]
@@ -251,11 +263,11 @@ def _quantize_post_static(files: ModelFiles, calib: CalibrationSet, algo: str, o
     import paddle
     from paddle.static.quantization import PostTrainingQuantization
 
-    input_name = inspect_model(files).inputs[0].name
+    input_names = [spec.name for spec in inspect_model(files).inputs]
 
     def loader() -> Iterator[dict]:
-        for batch in tqdm(calib.batches, disable=quiet, unit="batch", desc=f"quantize ({algo})", leave=False):
-            yield {input_name: batch}
+        yield from tqdm(calib.feeds(input_names), total=len(calib.batches), disable=quiet, unit="batch",
+                        desc=f"quantize ({algo})", leave=False)
 
     paddle.enable_static()
     quiet_output = native_stderr_to_log() if quiet else contextlib.nullcontext()
@@ -265,7 +277,7 @@ def _quantize_post_static(files: ModelFiles, calib: CalibrationSet, algo: str, o
             ptq = PostTrainingQuantization(
                 executor=paddle.static.Executor(paddle.CPUPlace()), model_dir=str(files.dir),
                 model_filename=files.program.name, params_filename=files.params.name, data_loader=loader,
-                batch_size=calib.batches[0].shape[0], batch_nums=len(calib.batches), algo=algo,
+                batch_size=calib.batches[0].array.shape[0], batch_nums=len(calib.batches), algo=algo,
                 quantizable_op_type=QUANTIZABLE_OPS, weight_quantize_type="channel_wise_abs_max",
                 onnx_format=True, skip_tensor_list=skip or None)
             if not observe_all_ops and hasattr(ptq, "quant_config"):  # Paddle >= 2.6 keeps the policy here

@@ -15,10 +15,11 @@ from tqdm import tqdm
 
 from deploy import cache
 from deploy.config.loader import DeployConfig, QatConfig
-from deploy.data.sources import ImageItem, iter_batches, list_images, load_label_names
+from deploy.data.sources import ImageItem, iter_batches, list_images
 from deploy.errors import ConfigError, DataError, ModelError
 from deploy.engines.model import ModelFiles, run_build_script, inspect_model
 from deploy.data.pipeline import ImagePipeline
+from deploy.tasks.classification import ClassificationTask
 
 log = logging.getLogger(__name__)
 QAT_CONFIG = {"weight_quantize_type": "channel_wise_abs_max",
@@ -55,7 +56,7 @@ def load_network_class(path: Path, class_name: str) -> type:
 
 
 def _labelled_arrays(source: Path, cfg: DeployConfig, quiet: bool, desc: str) -> tuple[np.ndarray, np.ndarray]:
-    items = [i for i in list_images(source, load_label_names(cfg.postprocess.label_list)) if i.label is not None]
+    items = [i for i in list_images(source, ClassificationTask(cfg)) if i.label is not None]
     if not items:
         raise DataError(f"{source} has no labelled images (put them in one sub-folder per class)")
     pipeline = ImagePipeline(cfg.preprocess)
@@ -126,6 +127,10 @@ def run_qat(cfg: DeployConfig, *, quiet: bool = False) -> QatResult:
     from paddleslim import QAT
 
     qc = cfg.qat
+    if cfg.task != ClassificationTask.name:
+        raise ConfigError(f"tools/qat.py trains classifiers (labels = class ids), but {cfg.source} is task "
+                          f"'{cfg.task}'; quantize it with PaddleSlim's QAT in its own training code and point "
+                          "model.dir at the exported model")
     _require(qc, "network_file", "network_class", "weights", "train_images")
     if cfg.model.dir is None or cfg.data.images is None:
         raise ConfigError("QAT exports to model.dir and evaluates on data.images: set both in the config")

@@ -20,6 +20,7 @@ from tqdm import tqdm
 
 from deploy import cache
 from deploy.config.loader import DeployConfig
+from deploy.data.sources import Batch
 from deploy.engines.paddle import Predictor
 from deploy.engines.plan import SHAPES_MANIFEST_TARGET, resolve_plan, shape_file
 from deploy.errors import CalibrationError
@@ -70,7 +71,8 @@ def collect_shapes(cfg: DeployConfig, *, images: Optional[str] = None, num_image
     final = shape_file(plan)
     calib = load_calibration_set(native, source=images, num_images=num_images, allow_fewer=allow_fewer,
                                  quiet=quiet)
-    singles = {batch.shape[1:]: batch[:1] for batch in calib.batches if batch.shape[0] > 1}
+    singles = {batch.array.shape[1:]: Batch(batch.items[:1], batch.array[:1], batch.records[:1])
+               for batch in calib.batches if batch.array.shape[0] > 1}
     runs = list(calib.batches) + list(singles.values())  # batch 1 of every image shape: the ranges start at 1
     staged = cache.staging_dir(final)
     start = time.perf_counter()
@@ -78,8 +80,8 @@ def collect_shapes(cfg: DeployConfig, *, images: Optional[str] = None, num_image
         collected = staged / final.name
         with Predictor(replace(plan, collect_shapes=collected)) as predictor:
             for batch in tqdm(runs, disable=quiet, unit="batch", desc="collect shapes"):
-                predictor.run(batch)
-            input_name = predictor.input_name
+                predictor.run(calib.task.feeds(batch, predictor.input_names))
+            input_names = predictor.input_names
         # Leaving the with-block destroyed the predictor: only now has Paddle written the file.
         if not collected.is_file() or collected.stat().st_size == 0:
             raise CalibrationError(f"Paddle wrote no shape range file after {len(runs)} runs on {plan.device}; "
@@ -93,7 +95,7 @@ def collect_shapes(cfg: DeployConfig, *, images: Optional[str] = None, num_image
              "batch_size": cfg.runtime.batch_size, "device": plan.device,
              "artifacts": {"dir": str(final.parent), "files": cache.artifact_fingerprint([final])}}
     cache.write_manifest_entry(plan.model, SHAPES_MANIFEST_TARGET, entry)
-    inputs = {input_name: ranges[input_name]} if input_name in ranges else {}
+    inputs = {name: ranges[name] for name in input_names if name in ranges}
     result = ShapeCollection(final, calib.count, len(runs), time.perf_counter() - start, plan.device, inputs)
     log.info("wrote %s; its provenance is in %s", final, cache.opt_cache_dir(plan.model) / cache.MANIFEST_NAME)
     return result

@@ -3,7 +3,8 @@
 Runs are interleaved so their ratio holds on a noisy machine: for each batch size every predictor is built,
 then timed iterations go round-robin over the runs (the starting run rotates each iteration), so a burst of
 background load hits all of them alike. Each timed iteration decodes and preprocesses a fresh batch from disk,
-then runs it: the predictor-only latency is the run, the end-to-end latency is decode + preprocess + run.
+then runs it and post-processes the outputs with the task: the predictor-only latency is the run, the
+end-to-end latency is decode + preprocess + run + post-process.
 """
 from __future__ import annotations
 
@@ -21,10 +22,10 @@ from typing import Iterator, Optional, Sequence
 import numpy as np
 from tqdm import tqdm
 
-from deploy.data.sources import ImageItem, group_batches, list_images
+from deploy.data.sources import Batch, ImageItem, group_batches, list_images
 from deploy.errors import DataError
 from deploy.engines.paddle import Predictor
-from deploy.data.pipeline import ImagePipeline
+from deploy.data.pipeline import ImagePipeline, ImageRecord
 from deploy.report.runs import Run
 
 log = logging.getLogger(__name__)
@@ -162,11 +163,16 @@ def gpu_memory_mb(run: Run) -> Optional[float]:
 # ---------------------------------------------------------------- timing
 
 
-def batch_stream(items: list[ImageItem], pipeline: ImagePipeline, batch_size: int) -> Iterator[np.ndarray]:
+def batch_stream(items: list[ImageItem], pipeline: ImagePipeline, batch_size: int) -> Iterator[Batch]:
     """Endless full batches, decoded and preprocessed, cycling over ``items`` (equal shapes batched together)."""
-    pairs = ((None, pipeline(path)) for path in itertools.cycle([i.path for i in items]))
-    for _, array in group_batches(pairs, pipeline, batch_size):
-        yield array
+
+    def loaded() -> Iterator[tuple[tuple[ImageItem, ImageRecord], np.ndarray]]:
+        for item in itertools.cycle(items):
+            array, record = pipeline.load(item.path)
+            yield (item, record), array
+
+    for keys, array in group_batches(loaded(), pipeline, batch_size):
+        yield Batch([item for item, _ in keys], array, [record for _, record in keys])
 
 
 @dataclass
@@ -184,7 +190,7 @@ class _Timed:
     e2e: list[float] = field(default_factory=list)
 
 
-def _build(run: Run, first: np.ndarray, warmup: int) -> _Timed:
+def _build(run: Run, first: Batch, warmup: int) -> _Timed:
     """Build the predictor, time build + first batch, warm up, and read memory."""
     gc.collect()
     rss_before = current_rss_mb()
@@ -192,17 +198,19 @@ def _build(run: Run, first: np.ndarray, warmup: int) -> _Timed:
     start = time.perf_counter()
     predictor = Predictor(run.plan)
     built = time.perf_counter()
-    predictor.run(first)
+    feeds = run.task.feeds(first, predictor.input_names)
+    predictor.run(feeds)
     first_done = time.perf_counter()
     for _ in range(warmup):
-        predictor.run(first)
+        predictor.run(feeds)
     peak = peak_rss_mb()
     return _Timed(run, predictor, built - start, first_done - start, peak, max(0.0, peak - rss_before),
                   gpu_memory_mb(run))
 
 
-def _time_round_robin(timed: list[_Timed], stream: Iterator[np.ndarray], iters: int, bar: tqdm) -> None:
-    """``iters`` rounds; each round every run decodes a fresh batch and runs it, starting run rotating."""
+def _time_round_robin(timed: list[_Timed], stream: Iterator[Batch], iters: int, bar: tqdm) -> None:
+    """``iters`` rounds; each round every run decodes a fresh batch, runs it and post-processes the outputs,
+    starting run rotating. Predictor-only time is the run; end to end is all three."""
     gc_was_enabled = gc.isenabled()
     gc.disable()  # a collection in the middle of one run's sample would charge it to that run alone
     try:
@@ -211,10 +219,13 @@ def _time_round_robin(timed: list[_Timed], stream: Iterator[np.ndarray], iters: 
                 t = timed[(i + k) % len(timed)]
                 start = time.perf_counter()
                 batch = next(stream)
+                feeds = t.run.task.feeds(batch, t.predictor.input_names)
                 ready = time.perf_counter()
-                t.predictor.run(batch)
+                outputs = t.predictor.run(feeds)
+                ran = time.perf_counter()
+                t.run.task.postprocess(outputs, batch)
                 done = time.perf_counter()
-                t.infer.append(done - ready)
+                t.infer.append(ran - ready)
                 t.e2e.append(done - start)
             bar.update(len(timed))
     finally:

@@ -7,21 +7,17 @@ from __future__ import annotations
 import logging
 import shutil
 import tempfile
-from dataclasses import asdict, replace
+from dataclasses import replace
 from pathlib import Path
-from typing import TYPE_CHECKING, Sequence
-
-import numpy as np
+from typing import Any, Sequence
 
 from deploy.int8.calibration import calibrate
 from deploy.config.loader import DeployConfig
 from deploy.errors import CalibrationError
 from deploy.engines.model import ModelFiles, inspect_model
 from deploy.engines.plan import resolve_plan
+from deploy.report.evaluate import EvalSet, run_results, score_run
 from deploy.report.runs import Run, RunSpec
-
-if TYPE_CHECKING:
-    from deploy.report.evaluate import EvalSet
 
 log = logging.getLogger(__name__)
 
@@ -48,28 +44,28 @@ def scratch_config(cfg: DeployConfig, model_dir: Path, num_images: int) -> Deplo
                    runtime=runtime, calibration=replace(cfg.calibration, num_images=num_images, output_dir=None))
 
 
-def sweep_point(reference: Run, eval_set: "EvalSet", reference_outputs: np.ndarray, num_images: int, model_dir: Path,
-                *, quiet: bool) -> dict:
+def sweep_point(reference: Run, eval_set: EvalSet, reference_results: Sequence[Any], num_images: int,
+                model_dir: Path, *, quiet: bool) -> dict:
     """Calibrate with ``num_images`` images in ``model_dir`` and evaluate the INT8 result."""
-    from deploy.report.evaluate import output_metrics, run_outputs
-
     cfg = scratch_config(reference.cfg, model_dir, num_images)
     calibrated = calibrate(cfg, num_images=num_images, allow_fewer=False, quiet=quiet)
-    run = Run(RunSpec(f"int8@{num_images}", reference.spec.config, "int8"), cfg, resolve_plan(cfg, quiet=True))
-    outputs, _ = run_outputs(run, eval_set, quiet=quiet)
-    metrics = output_metrics(outputs, eval_set.labels, reference_outputs)
-    log.info("calibration with %d images: top-1 %s, agreement %.4f", calibrated.images,
-             "n/a" if metrics.top1 is None else f"{metrics.top1:.4f}", metrics.top1_agreement)
-    return {"num_images": calibrated.images, **asdict(metrics), "calibration_seconds": round(calibrated.seconds, 3)}
+    run = Run(RunSpec(f"int8@{num_images}", reference.spec.config, "int8"), cfg, resolve_plan(cfg, quiet=True),
+              reference.task)
+    results, _ = run_results(run, eval_set, quiet=quiet)
+    metrics, agreement = score_run(reference.task, results, eval_set, reference_results)
+    log.info("calibration with %d images: %s, agreement %.4f", calibrated.images, reference.task.headline(metrics),
+             agreement["agreement"])
+    return {"num_images": calibrated.images, **metrics, **agreement,
+            "calibration_seconds": round(calibrated.seconds, 3)}
 
 
-def calibration_sweep(reference: Run, eval_set: "EvalSet", reference_outputs: np.ndarray, sizes: Sequence[int], *,
+def calibration_sweep(reference: Run, eval_set: EvalSet, reference_results: Sequence[Any], sizes: Sequence[int], *,
                       quiet: bool = False) -> dict:
     """Recalibrate a scratch copy of the reference model at each size; INT8 metrics per size."""
     cfg = reference.cfg
     with tempfile.TemporaryDirectory(prefix="calib_sweep-") as tmp:
         model_dir = copy_model(reference.plan.model, Path(tmp) / "model")
-        points = [sweep_point(reference, eval_set, reference_outputs, n, model_dir, quiet=quiet)
+        points = [sweep_point(reference, eval_set, reference_results, n, model_dir, quiet=quiet)
                   for n in sorted(set(sizes))]
     return {"config": str(cfg.source or reference.spec.config), "algo": cfg.calibration.algo,
             "calibration_images": str(cfg.calibration.images), "seed": cfg.calibration.seed, "results": points}

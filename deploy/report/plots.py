@@ -53,30 +53,33 @@ def _grouped_bars(ax, groups: Sequence[str], series: dict[str, list[float]], col
 
 
 def accuracy_plot(accuracy: dict, colors: dict[str, str]) -> bytes:
-    """Top-1/top-5 per run (left) and top-1 agreement with the reference per run (right)."""
+    """The task's percentage metrics per run (left) and agreement with the reference per run (right)."""
     results = accuracy["results"]
     labels = [r["label"] for r in results]
     fig = Figure(figsize=(max(7.5, 1.6 * len(labels) + 4), 4.0), layout="constrained")
     left, right = fig.subplots(1, 2, gridspec_kw={"width_ratios": [2, 1.3]})
-    metrics = [m for m in ("top1", "top5") if all(r[m] is not None for r in results)]
+    metrics = [c for c in accuracy["columns"]["metrics"]
+               if c["kind"] == "pct" and all(r[c["key"]] is not None for r in results)]
     if metrics:
-        series = {r["label"]: [100 * r[m] for m in metrics] for r in results}
-        _grouped_bars(left, [m.replace("top", "top-") for m in metrics], series, colors,
+        series = {r["label"]: [100 * r[c["key"]] for c in metrics] for r in results}
+        _grouped_bars(left, [c["header"] for c in metrics], series, colors,
                       {k: [f"{v:.2f}" for v in vals] for k, vals in series.items()})
         left.set_ylim(_zoomed_floor([v for vals in series.values() for v in vals]), 100.8)
         left.legend(fontsize=8, loc="upper left")
     else:
-        left.text(0.5, 0.5, "no labels: accuracy not computed", ha="center", va="center", transform=left.transAxes)
-    left.set_ylabel("accuracy (%)")
-    left.set_title(f"Accuracy on {accuracy['labelled']} labelled images", fontsize=10)
-    agree = [100 * r["top1_agreement"] for r in results]
+        left.text(0.5, 0.5, "no labels: metrics not computed", ha="center", va="center", transform=left.transAxes)
+    left.set_ylabel(f"{accuracy['task']} metric (%)")
+    left.set_title(f"{accuracy['task']} on {accuracy['labelled']} labelled images", fontsize=10)
+    agree = [100 * r["agreement"] for r in results]
     bars = right.bar(range(len(labels)), agree, color=[colors[x] for x in labels])
-    _label_bars(right, bars, [f"{v:.2f}\nmin cos {r['cosine_min']:.4f}" for v, r in zip(agree, results)], 7)
+    notes = [f"{v:.2f}" + (f"\nmin cos {r['cosine_min']:.4f}" if "cosine_min" in r else "")
+             for v, r in zip(agree, results)]
+    _label_bars(right, bars, notes, 7)
     right.set_xticks(range(len(labels)), labels, rotation=20 if len(labels) > 3 else 0, fontsize=8)
     floor = _zoomed_floor(agree)
     right.set_ylim(floor, 100 + (100 - floor) * 0.22)
     right.set_yticks([t for t in right.get_yticks() if t <= 100])
-    right.set_ylabel(f"top-1 agreement with {accuracy['reference']} (%)")
+    right.set_ylabel(f"{accuracy['columns']['agreement'][0]['header']} (%)")
     right.set_title(f"Agreement with {accuracy['reference']}", fontsize=10)
     for ax in (left, right):
         ax.grid(axis="y", alpha=0.3)
@@ -136,29 +139,38 @@ def _ratio_text(ratio: Optional[float]) -> str:
     return "" if ratio is None else f"x{ratio:.2f}"
 
 
-def calib_sweep_plot(sweep: dict, reference_top1: Optional[float]) -> bytes:
-    """INT8 top-1 and agreement (left) and output cosine (right) against the calibration-set size."""
+def calib_sweep_plot(sweep: dict, accuracy: dict) -> bytes:
+    """INT8 headline metric and agreement (left) and, for classifiers, output cosine (right) against the
+    calibration-set size."""
     points = sweep["results"]
     sizes = [p["num_images"] for p in points]
-    fig = Figure(figsize=(10.0, 4.0), layout="constrained")
-    left, right = fig.subplots(1, 2)
-    values = []
-    if all(p["top1"] is not None for p in points):
-        _annotated_line(left, sizes, [100 * p["top1"] for p in points], "o-", _PALETTE[1], "INT8 top-1", values)
-    _annotated_line(left, sizes, [100 * p["top1_agreement"] for p in points], "s--", _PALETTE[2],
-                    "top-1 agreement with FP32", values)
-    if reference_top1 is not None:
-        left.axhline(100 * reference_top1, color=_PALETTE[0], linestyle=":", label="FP32 top-1")
-        values.append(100 * reference_top1)
+    has_cosine = all("cosine_mean" in p for p in points)
+    fig = Figure(figsize=(10.0 if has_cosine else 6.0, 4.0), layout="constrained")
+    axes = list(fig.subplots(1, 2)) if has_cosine else [fig.subplots(1, 1)]
+    left = axes[0]
+    headline, agreement = accuracy["columns"]["metrics"][0], accuracy["columns"]["agreement"][0]
+    reference = next((r for r in accuracy["results"] if r["label"] == accuracy["reference"]), {})
+    values: list[float] = []
+    if all(p[headline["key"]] is not None for p in points):
+        _annotated_line(left, sizes, [100 * p[headline["key"]] for p in points], "o-", _PALETTE[1],
+                        f"INT8 {headline['header']}", values)
+    _annotated_line(left, sizes, [100 * p["agreement"] for p in points], "s--", _PALETTE[2],
+                    f"{agreement['header']} (FP32)", values)
+    if reference.get(headline["key"]) is not None:
+        left.axhline(100 * reference[headline["key"]], color=_PALETTE[0], linestyle=":",
+                     label=f"FP32 {headline['header']}")
+        values.append(100 * reference[headline["key"]])
     left.set_ylim(_zoomed_floor(values), 100.8)
     left.set_ylabel("%")
     left.set_title("INT8 accuracy vs calibration-set size", fontsize=10)
-    _annotated_line(right, sizes, [p["cosine_mean"] for p in points], "o-", _PALETTE[4], "mean", [], "{:.5f}")
-    _annotated_line(right, sizes, [p["cosine_min"] for p in points], "s--", _PALETTE[3], "min", [], "{:.4f}")
-    right.margins(y=0.15)
-    right.set_ylabel("cosine similarity with FP32 outputs")
-    right.set_title("Output cosine vs calibration-set size", fontsize=10)
-    for ax in (left, right):
+    if has_cosine:
+        right = axes[1]
+        _annotated_line(right, sizes, [p["cosine_mean"] for p in points], "o-", _PALETTE[4], "mean", [], "{:.5f}")
+        _annotated_line(right, sizes, [p["cosine_min"] for p in points], "s--", _PALETTE[3], "min", [], "{:.4f}")
+        right.margins(y=0.15)
+        right.set_ylabel("cosine similarity with FP32 outputs")
+        right.set_title("Output cosine vs calibration-set size", fontsize=10)
+    for ax in axes:
         ax.set_xscale("log")
         ax.set_xticks(sizes, [str(s) for s in sizes])
         ax.minorticks_off()

@@ -9,16 +9,17 @@ import datetime as _dt
 import logging
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, Optional, Sequence
+from typing import Any, Optional, Sequence
 
 from deploy.cache import atomic_write_bytes, atomic_write_json, atomic_write_text
+from deploy.env import probe
 from deploy.errors import DataError
+from deploy.report import plots
+from deploy.report.benchmark import BenchOptions, benchmark as run_benchmark
+from deploy.report.calib_sweep import calibration_sweep, check_sweepable
+from deploy.report.evaluate import EvalOptions, evaluate
 from deploy.report.runs import Run, RunSpec, check_same_preprocess, load_runs
 from deploy.table import format_markdown_table, format_table
-
-if TYPE_CHECKING:  # the heavy modules load only when a report runs
-    from deploy.report.benchmark import BenchOptions
-    from deploy.report.evaluate import EvalOptions
 
 log = logging.getLogger(__name__)
 REPORT_FORMAT = 1
@@ -39,20 +40,22 @@ class Report:
         return console_text(self.data)
 
 
-def precision_report(*, runs: Sequence[RunSpec], evaluation: Optional["EvalOptions"] = None,
-                     benchmark: Optional["BenchOptions"] = None, output_dir: Optional[Path] = None,
+def precision_report(*, runs: Sequence[RunSpec], evaluation: Optional[EvalOptions] = None,
+                     benchmark: Optional[BenchOptions] = None, output_dir: Optional[Path] = None,
                      quiet: bool = False) -> Report:
     """Compare ``runs`` (the first is the reference): accuracy and/or speed; write the report to ``output_dir``."""
-    from deploy.report.benchmark import benchmark as run_benchmark
-    from deploy.report.evaluate import evaluate
-
     if output_dir is not None:
         _check_writable(output_dir)
     loaded = load_runs(runs, quiet=quiet)
     check_same_preprocess(loaded)
+    sweep_sizes = evaluation.calib_sweep if evaluation is not None else []
+    if sweep_sizes:
+        check_sweepable(loaded[0])
     accuracy = evaluate(loaded, evaluation, quiet=quiet) if evaluation is not None else None
+    sweep = (calibration_sweep(loaded[0], accuracy.eval_set, accuracy.reference_results, sweep_sizes, quiet=quiet)
+             if accuracy is not None and sweep_sizes else None)
     speed = run_benchmark(loaded, benchmark, quiet=quiet) if benchmark is not None else None
-    data = report_data(loaded, accuracy, speed)
+    data = report_data(loaded, accuracy, speed, sweep)
     files = write_report(output_dir, data) if output_dir is not None else []
     return Report(data, files)
 
@@ -67,8 +70,6 @@ def _check_writable(output_dir: Path) -> None:
 
 def environment_info() -> dict:
     """Versions and hardware the numbers were measured on."""
-    from deploy.env import probe
-
     env = probe()
     return {"python": env.python, "paddle": env.paddle_version, "paddleslim": env.paddleslim_version,
             "tensorrt": ".".join(map(str, env.trt_runtime_version)) if env.trt_compiled else None,
@@ -83,16 +84,17 @@ def run_info(run: Run) -> dict:
             "model": str(plan.model.program), "plan": plan.describe()}
 
 
-def report_data(runs: Sequence[Run], accuracy: Any = None, speed: Any = None) -> dict:
+def report_data(runs: Sequence[Run], accuracy: Any = None, speed: Any = None, sweep: Optional[dict] = None) -> dict:
     """The report as JSON-ready data (keys documented in the README, 'format' bumps on breaking changes)."""
     return {
         "format": REPORT_FORMAT,
         "created": _dt.datetime.now().astimezone().isoformat(timespec="seconds"),
         "environment": environment_info(),
+        "task": runs[0].task.name,
         "reference": runs[0].label,
         "runs": [run_info(r) for r in runs],
         "accuracy": accuracy.to_json() if accuracy is not None else None,
-        "calibration_sweep": accuracy.sweep if accuracy is not None else None,
+        "calibration_sweep": sweep,
         "benchmark": speed.to_json() if speed is not None else None,
         "files": {},
     }
@@ -100,15 +102,12 @@ def report_data(runs: Sequence[Run], accuracy: Any = None, speed: Any = None) ->
 
 def render_plots(data: dict) -> dict[str, bytes]:
     """PNG bytes per plot name, for the sections the report has."""
-    from deploy.report import plots
-
     colors = plots.run_colors([r["label"] for r in data["runs"]])
     out = {}
     if data["accuracy"]:
         out["accuracy"] = plots.accuracy_plot(data["accuracy"], colors)
     if data["calibration_sweep"]:
-        ref = next((r for r in (data["accuracy"] or {}).get("results", []) if r["label"] == data["reference"]), {})
-        out["calibration_sweep"] = plots.calib_sweep_plot(data["calibration_sweep"], ref.get("top1"))
+        out["calibration_sweep"] = plots.calib_sweep_plot(data["calibration_sweep"], data["accuracy"])
     if data["benchmark"]:
         out["throughput"] = plots.throughput_plot(data["benchmark"], colors)
         out["latency_cdf"] = plots.latency_cdf_plot(data["benchmark"], colors)
@@ -142,23 +141,43 @@ def _ratio(value: Optional[float]) -> str:
     return "-" if value is None else f"x{value:.2f}"
 
 
+def _cell(value: Optional[float], kind: str) -> str:
+    """A metric as the task's column spec says: a fraction as a percentage, a number, or a small difference."""
+    if value is None or kind == "pct":
+        return _pct(value)
+    return f"{value:.6f}" if kind == "num" else f"{value:.3g}"
+
+
+def _columns(data: dict) -> list[dict]:
+    """The task's metric columns, then its agreement columns (accuracy.columns in report.json)."""
+    columns = data["accuracy"]["columns"]
+    return columns["metrics"] + columns["agreement"]
+
+
+def accuracy_headers(data: dict) -> list[str]:
+    """run, then the task's metrics and agreement columns."""
+    return ["run"] + [c["header"] for c in _columns(data)]
+
+
 def accuracy_rows(data: dict) -> list[list[str]]:
-    """run, top-1, top-5, top-1 agreement, cosine mean/min, max/mean |diff|."""
-    return [[r["label"], _pct(r["top1"]), _pct(r["top5"]), _pct(r["top1_agreement"]), f"{r['cosine_mean']:.6f}",
-             f"{r['cosine_min']:.6f}", f"{r['max_abs_diff']:.3g}", f"{r['mean_abs_diff']:.3g}"]
+    """One row per run: the task's metrics, then its agreement with the reference."""
+    return [[r["label"]] + [_cell(r[c["key"]], c["kind"]) for c in _columns(data)]
             for r in data["accuracy"]["results"]]
 
 
-ACCURACY_HEADERS = ["run", "top-1", "top-5", "top-1 agree", "cos mean", "cos min", "max |diff|", "mean |diff|"]
-SWEEP_HEADERS = ["calib images", "top-1", "top-5", "top-1 agree", "cos min", "calib s"]
-SPEED_HEADERS = ["run", "batch", "p50 ms", "p99 ms", "img/s", "vs ref", "e2e img/s", "e2e vs ref", "first run ms",
-                 "+RSS MB"]
+def sweep_headers(data: dict) -> list[str]:
+    """calib images, the task's metric and agreement columns, calibration seconds."""
+    return ["calib images"] + [c["header"] for c in _columns(data)] + ["calib s"]
 
 
 def sweep_rows(data: dict) -> list[list[str]]:
     """One row per calibration-set size."""
-    return [[str(p["num_images"]), _pct(p["top1"]), _pct(p["top5"]), _pct(p["top1_agreement"]),
-             f"{p['cosine_min']:.6f}", f"{p['calibration_seconds']:.1f}"] for p in data["calibration_sweep"]["results"]]
+    return [[str(p["num_images"])] + [_cell(p[c["key"]], c["kind"]) for c in _columns(data)]
+            + [f"{p['calibration_seconds']:.1f}"] for p in data["calibration_sweep"]["results"]]
+
+
+SPEED_HEADERS = ["run", "batch", "p50 ms", "p99 ms", "img/s", "vs ref", "e2e img/s", "e2e vs ref", "first run ms",
+                 "+RSS MB"]
 
 
 def speed_rows(data: dict) -> list[list[str]]:
@@ -174,12 +193,12 @@ def console_text(data: dict) -> str:
     parts = []
     if data["accuracy"]:
         acc = data["accuracy"]
-        parts.append(f"accuracy on {acc['images']} images ({acc['labelled']} labelled) from {acc['source']}; "
-                     f"agreement vs {data['reference']}")
-        parts.append(format_table(ACCURACY_HEADERS, accuracy_rows(data)))
+        parts.append(f"{acc['task']} metrics on {acc['images']} images ({acc['labelled']} labelled) from "
+                     f"{acc['source']}; agreement vs {data['reference']}")
+        parts.append(format_table(accuracy_headers(data), accuracy_rows(data)))
     if data["calibration_sweep"]:
         parts.append(f"\nINT8 by calibration-set size ({data['calibration_sweep']['algo']}, scratch copies)")
-        parts.append(format_table(SWEEP_HEADERS, sweep_rows(data)))
+        parts.append(format_table(sweep_headers(data), sweep_rows(data)))
     if data["benchmark"]:
         bench = data["benchmark"]
         parts.append(f"\nspeed: {bench['warmup']} warm-up + {bench['iters']} timed iterations, runs interleaved; "
@@ -202,8 +221,8 @@ def _accuracy_section(data: dict) -> list[str]:
     lines = ["## Accuracy and agreement", "",
              f"{acc['images']} images ({acc['labelled']} labelled, {acc['skipped']} unreadable skipped) from "
              f"`{acc['source']}`, preprocessed once and fed to every run in batches of {acc['batch_size']}. "
-             f"Agreement, cosine and differences compare each run's raw outputs with `{acc['reference']}` "
-             "on the same images.", "", format_markdown_table(ACCURACY_HEADERS, accuracy_rows(data)), ""]
+             f"Task `{acc['task']}`: the metric columns score each run against the labels; the agreement columns "
+             f"compare each run's results with `{acc['reference']}`'s on the same images.", "", format_markdown_table(accuracy_headers(data), accuracy_rows(data)), ""]
     if data["files"].get("plots", {}).get("accuracy"):
         lines += [f"![accuracy and agreement]({PLOT_NAMES['accuracy']})", ""]
     if data["calibration_sweep"]:
@@ -212,7 +231,7 @@ def _accuracy_section(data: dict) -> list[str]:
                   f"The model of `{sweep['config']}` recalibrated ({sweep['algo']}, seed {sweep['seed']}) in a "
                   f"scratch copy with N images of `{sweep['calibration_images']}` (the first N of one seeded shuffle, "
                   "so each set contains the smaller ones), then evaluated in INT8 on the same images as above.", "",
-                  format_markdown_table(SWEEP_HEADERS, sweep_rows(data)), ""]
+                  format_markdown_table(sweep_headers(data), sweep_rows(data)), ""]
         if data["files"].get("plots", {}).get("calibration_sweep"):
             lines += [f"![accuracy vs calibration-set size]({PLOT_NAMES['calibration_sweep']})", ""]
     return lines
@@ -229,8 +248,8 @@ def _speed_section(data: dict) -> list[str]:
              f"Images decoded from `{bench['images']}`. Per batch size, every run's predictor is built (first run "
              f"= build + first batch), warmed up {bench['warmup']} times, then {bench['iters']} timed iterations go "
              "round-robin over the runs, so background load hits all runs alike. Each iteration decodes and "
-             "preprocesses a fresh batch: predictor-only latency times the run, end-to-end (e2e) adds decode and "
-             f"preprocess. Throughput = batch / median latency; 'vs ref' divides by `{bench['reference']}`. "
+             "preprocesses a fresh batch: predictor-only latency times the run, end-to-end (e2e) adds decode, "
+             f"preprocess and the task's post-processing. Throughput = batch / median latency; 'vs ref' divides by `{bench['reference']}`. "
              "+RSS is the peak resident memory added while building, first-running and warming up that predictor.",
              "", format_markdown_table(SPEED_HEADERS, speed_rows(data)), "",
              "Latency per batch (ms):", "",

@@ -14,6 +14,8 @@ from deploy.env import PRECISIONS
 from deploy.errors import ConfigError
 from deploy.engines.plan import PredictorPlan, resolve_plan
 from deploy.data.pipeline import ops_fingerprint
+from deploy.tasks.base import Task
+from deploy.tasks.registry import build_task
 
 log = logging.getLogger(__name__)
 
@@ -33,11 +35,12 @@ class RunSpec:
 
 @dataclass(frozen=True)
 class Run:
-    """A loaded RunSpec: its typed config (precision applied) and its checked predictor plan."""
+    """A loaded RunSpec: its typed config (precision applied), its checked predictor plan and its task."""
 
     spec: RunSpec
     cfg: DeployConfig
     plan: PredictorPlan
+    task: Task
 
     @property
     def label(self) -> str:
@@ -97,7 +100,7 @@ def load_runs(specs: Sequence[RunSpec], *, quiet: bool = False) -> list[Run]:
     runs = []
     for spec in specs:
         cfg = load_config(spec.config, [*spec.overrides, f"runtime.precision={spec.precision}"])
-        runs.append(Run(spec, cfg, resolve_plan(cfg, quiet=quiet)))
+        runs.append(Run(spec, cfg, resolve_plan(cfg, quiet=quiet), build_task(cfg)))
         log.info("run %-16s %s", spec.label, runs[-1].plan.describe())
     return runs
 
@@ -106,6 +109,9 @@ def check_same_preprocess(runs: Sequence[Run]) -> None:
     """Comparisons feed every run the same arrays: all configs must preprocess identically."""
     reference = runs[0]
     for run in runs[1:]:
+        if run.cfg.task != reference.cfg.task:
+            raise ConfigError(f"run '{run.label}' ({run.spec.config}) is task '{run.cfg.task}' but '{reference.label}' "
+                              f"is '{reference.cfg.task}'; a comparison compares models of one task")
         if ops_fingerprint(run.cfg.preprocess) != ops_fingerprint(reference.cfg.preprocess):
             raise ConfigError(f"run '{run.label}' ({run.spec.config}) preprocesses images differently from "
                               f"'{reference.label}' ({reference.spec.config}); every run of a comparison sees the "

@@ -1,0 +1,184 @@
+"""The OCR system, a pipeline of tasks as PaddleOCR runs it: detect text boxes -> sort them top-to-bottom,
+left-to-right -> crop each with a perspective warp -> (turn crops the direction classifier reads as 180 degrees)
+-> recognise. Each stage is a model config of its own, at its own precision.
+
+End-to-end metric on labelled documents (PaddleOCR det labels with transcriptions): a line counts when a
+detected box matches a ground-truth polygon (IoU > 0.5, one-to-one, as the det metric) AND its recognised text
+equals the transcription (spaces ignored, as the rec metric); precision, recall and F1 over all lines.
+"""
+from __future__ import annotations
+
+import logging
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Optional, Sequence
+
+import cv2
+import numpy as np
+
+from deploy.config.loader import DeployConfig, OcrSystemConfig, StageConfig, load_config
+from deploy.data.pipeline import ImagePipeline, read_image
+from deploy.data.sources import Batch, ImageItem, group_batches
+from deploy.engines.paddle import Predictor
+from deploy.engines.plan import resolve_plan
+from deploy.errors import ConfigError
+from deploy.tasks.base import Metrics, Task
+from deploy.tasks.classification import ClassificationTask, Prediction
+from deploy.tasks.ocr_det import OcrDetTask, TextBoxes, TextRegion
+from deploy.tasks.ocr_det_post import match_pairs
+from deploy.tasks.ocr_rec import OcrRecTask, TextResult
+from deploy.tasks.registry import build_task
+
+log = logging.getLogger(__name__)
+SAME_LINE_PX = 10  # PaddleOCR's sorted_boxes: boxes whose tops differ less than this are on one line
+UPSIDE_DOWN = "180"
+
+
+@dataclass
+class OcrLines:
+    """One image's recognised lines: boxes [K, 4, 2] in original pixels (reading order), texts, scores."""
+
+    boxes: np.ndarray
+    texts: list[str]
+    scores: list[float]
+
+    def to_json(self) -> dict:
+        return {"boxes": self.boxes.astype(np.float64).round(1).tolist(), "texts": self.texts,
+                "scores": [round(s, 4) for s in self.scores]}
+
+
+@dataclass
+class Stage:
+    """A loaded stage: its config (precision applied), task, pipeline and predictor."""
+
+    name: str
+    cfg: DeployConfig
+    task: Task
+    pipeline: ImagePipeline
+    predictor: Predictor
+
+    def run(self, images: Sequence[np.ndarray], path: Path) -> list[Any]:
+        """Preprocess decoded images, batch them as the stage's config says, predict: results in input order."""
+        loaded = [((ImageItem(path, index=i), record), array)
+                  for i, (array, record) in enumerate(self.pipeline.apply(img) for img in images)]
+        results: list[Any] = [None] * len(images)
+        for keys, array in group_batches(loaded, self.pipeline, self.cfg.runtime.batch_size):
+            batch = Batch([item for item, _ in keys], array, [record for _, record in keys])
+            for item, result in zip(batch.items, self.task.predict(self.predictor, batch)):
+                results[item.index] = result
+        return results
+
+
+def load_stage(name: str, stage: StageConfig, expected: type[Task], *, quiet: bool) -> Stage:
+    """Load a stage's config at its precision and build its predictor; the config must be of the right task."""
+    cfg = load_config(stage.config, [f"runtime.precision={stage.precision}"])
+    task = build_task(cfg)
+    if not isinstance(task, expected):
+        raise ConfigError(f"the OCR system's '{name}' stage needs a {expected.name} config, but {stage.config} is "
+                          f"task '{cfg.task}'")
+    if name == "cls" and task.label_names != ["0", UPSIDE_DOWN]:
+        raise ConfigError(f"the direction classifier's postprocess.label_list must be ['0', '180'], got "
+                          f"{task.label_names} ({stage.config})")
+    if name != "det" and cfg.preprocess[0].mode != "BGR":
+        raise ConfigError(f"the '{name}' stage gets crops of the BGR document: set its decode mode to BGR "
+                          f"({stage.config})")
+    predictor = Predictor(resolve_plan(cfg, quiet=quiet))
+    log.info("%s: %s", name, predictor.plan.describe())
+    return Stage(name, cfg, task, ImagePipeline(cfg.preprocess), predictor)
+
+
+def sorted_boxes(boxes: np.ndarray) -> np.ndarray:
+    """Reading order as PaddleOCR's sorted_boxes: by top-left y then x, then neighbours on one line by x."""
+    order = sorted(range(len(boxes)), key=lambda i: (boxes[i][0][1], boxes[i][0][0]))
+    for i in range(len(order) - 1):
+        for j in range(i, -1, -1):
+            a, b = boxes[order[j]], boxes[order[j + 1]]
+            if abs(b[0][1] - a[0][1]) < SAME_LINE_PX and b[0][0] < a[0][0]:
+                order[j], order[j + 1] = order[j + 1], order[j]
+            else:
+                break
+    return boxes[order] if len(order) else boxes
+
+
+def crop_box(image: np.ndarray, box: np.ndarray) -> np.ndarray:
+    """The box's quadrilateral warped to an upright rectangle (PaddleOCR's get_rotate_crop_image): tall crops
+    (height >= 1.5 x width) are turned by 90 degrees, as vertical lines are."""
+    points = box.astype(np.float32)
+    width = int(max(np.linalg.norm(points[0] - points[1]), np.linalg.norm(points[2] - points[3])))
+    height = int(max(np.linalg.norm(points[0] - points[3]), np.linalg.norm(points[1] - points[2])))
+    width, height = max(width, 1), max(height, 1)
+    target = np.float32([[0, 0], [width, 0], [width, height], [0, height]])
+    crop = cv2.warpPerspective(image, cv2.getPerspectiveTransform(points, target), (width, height),
+                               borderMode=cv2.BORDER_REPLICATE, flags=cv2.INTER_CUBIC)
+    return np.rot90(crop) if height / width >= 1.5 else crop
+
+
+class OcrSystem:
+    """The loaded pipeline; a context manager that owns its predictors."""
+
+    def __init__(self, cfg: OcrSystemConfig, *, quiet: bool = False):
+        self.cfg = cfg
+        self.stages: dict[str, Stage] = {}
+        try:
+            self.stages["det"] = load_stage("det", cfg.det, OcrDetTask, quiet=quiet)
+            if cfg.cls is not None and cfg.cls.enabled:
+                self.stages["cls"] = load_stage("cls", cfg.cls, ClassificationTask, quiet=quiet)
+            self.stages["rec"] = load_stage("rec", cfg.rec, OcrRecTask, quiet=quiet)
+        except BaseException:
+            self.close()
+            raise
+
+    def describe(self) -> str:
+        return ", ".join(f"{name} {stage.predictor.plan.precision}" for name, stage in self.stages.items())
+
+    def __call__(self, path: Path) -> OcrLines:
+        """Read one document and return its lines (raises DataError for an unreadable image)."""
+        image = read_image(path, "BGR")
+        found: TextBoxes = self.stages["det"].run([image], path)[0]
+        boxes = sorted_boxes(found.boxes)
+        crops = [crop_box(image, box) for box in boxes]
+        if "cls" in self.stages and crops:
+            directions: list[Prediction] = self.stages["cls"].run(crops, path)
+            crops = [cv2.rotate(crop, cv2.ROTATE_180)
+                     if d.labels[0] == UPSIDE_DOWN and d.scores[0] >= self.cfg.cls_thresh else crop
+                     for crop, d in zip(crops, directions)]
+        texts: list[TextResult] = self.stages["rec"].run(crops, path) if crops else []
+        keep = [i for i, t in enumerate(texts) if t.score >= self.cfg.drop_score]
+        return OcrLines(boxes[keep] if keep else np.zeros((0, 4, 2), np.float32), [texts[i].text for i in keep],
+                        [texts[i].score for i in keep])
+
+    def close(self) -> None:
+        for stage in self.stages.values():
+            stage.predictor.close()
+
+    def __enter__(self) -> "OcrSystem":
+        return self
+
+    def __exit__(self, *exc: Any) -> None:
+        self.close()
+
+
+def _same_text(a: str, b: str) -> bool:
+    return a.replace(" ", "") == b.replace(" ", "")
+
+
+def line_counts(lines: OcrLines, truth: Sequence[TextRegion]) -> tuple[int, int, int]:
+    """(lines right in place and text, ground-truth lines that count, detected lines) for one image."""
+    ignore = [r.ignore for r in truth]
+    pairs = match_pairs([r.points for r in truth], list(lines.boxes), ignore=ignore)
+    right = sum(_same_text(lines.texts[d], truth[g].text) for g, d in pairs)
+    return right, sum(not i for i in ignore), len(lines.texts)
+
+
+def end_to_end(results: Sequence[OcrLines], labels: Sequence[Optional[Sequence[TextRegion]]]) -> Metrics:
+    """Line-level precision, recall and F1 over the labelled images."""
+    right = gt = found = 0
+    for lines, truth in zip(results, labels):
+        if truth is None:
+            continue
+        counts = line_counts(lines, truth)
+        right, gt, found = right + counts[0], gt + counts[1], found + counts[2]
+    precision = right / found if found else 0.0
+    recall = right / gt if gt else 0.0
+    f1 = 2 * precision * recall / (precision + recall) if precision + recall else 0.0
+    return {"precision": precision, "recall": recall, "f1": f1}
