@@ -20,6 +20,8 @@ Device = Literal["auto", "cpu", "gpu"]
 Backend = Literal["paddle", "trt"]
 Precision = Literal["fp32", "fp16", "int8", "bf16"]
 CalibAlgo = Literal["hist", "KL", "mse", "avg", "abs_max", "emd"]
+# The op types Paddle's post-training quantization quantizes by default (weights and inputs).
+QUANTIZABLE_OPS = ("conv2d", "depthwise_conv2d", "mul", "matmul", "matmul_v2")
 TaskName = Literal["classification", "ocr_det", "ocr_rec", "detection"]
 OVERRIDE = "command line (-o)"
 
@@ -149,6 +151,9 @@ class CalibrationConfig:
     allow_fewer: bool = False
     keep_image_conv_fp32: bool = False  # CPU: leave convs reading < 4 channels (the image) in FP32
     observe_all_ops: bool = True  # CPU: export scales after every op (Paddle's default); false = conv/matmul inputs only
+    # CPU: the op types PTQ quantizes, and weight tensors whose ops stay FP32 (a skip list for sensitive layers)
+    quantize_op_types: list[str] = field(default_factory=lambda: list(QUANTIZABLE_OPS))
+    skip_tensors: list[str] = field(default_factory=list)
 
     def __post_init__(self) -> None:
         if self.num_images < 1:

@@ -19,7 +19,7 @@ import numpy as np
 from tqdm import tqdm
 
 from deploy import cache
-from deploy.config.loader import DeployConfig
+from deploy.config.loader import CalibrationConfig, DeployConfig
 from deploy.data.sources import Batch, ImageItem, group_batches, list_images
 from deploy.env import default_device, probe, support_reason
 from deploy.errors import CalibrationError, DataError, UnsupportedError
@@ -32,7 +32,6 @@ from deploy.tasks.registry import build_task
 
 log = logging.getLogger(__name__)
 # PaddleSlim's names for the algorithms we offer (we accept them case-insensitively in the config).
-QUANTIZABLE_OPS = ["conv2d", "depthwise_conv2d", "mul", "matmul", "matmul_v2"]
 
 
 @dataclass
@@ -228,7 +227,7 @@ def cpu_int8_dir(cfg: DeployConfig, files: ModelFiles, output_dir: Optional[Path
     return output_dir or cfg.calibration.output_dir or cache.opt_cache_dir(files) / "int8_cpu"
 
 
-def _conv_matmul_only_quantizer() -> Any:
+def _conv_matmul_only_quantizer(op_types: list[str]) -> Any:
     """Paddle's PTQ config minus 'observer' ops: scales only for the inputs of conv/matmul ops.
 
     The default BaseQuantizer also observes every other op (bias add, relu, pool, reshape...) and exports a
@@ -244,7 +243,7 @@ def _conv_matmul_only_quantizer() -> Any:
         def observer_operation_types(self) -> list[str]:
             return []
 
-    return OneDNNQuantizer(quantizable_op_type=QUANTIZABLE_OPS, quant_bits=8)
+    return OneDNNQuantizer(quantizable_op_type=op_types, quant_bits=8)
 
 
 def image_convs(files: ModelFiles) -> list[str]:
@@ -257,13 +256,14 @@ def image_convs(files: ModelFiles) -> list[str]:
     return [name for name, dims in inspect_model(files).conv_filters.items() if len(dims) == 4 and dims[1] < 4]
 
 
-def _quantize_post_static(files: ModelFiles, calib: CalibrationSet, algo: str, out_dir: Path,
-                          quiet: bool, skip: list[str], observe_all_ops: bool) -> None:
+def _quantize_post_static(files: ModelFiles, calib: CalibrationSet, settings: CalibrationConfig, out_dir: Path,
+                          quiet: bool, skip: list[str]) -> None:
     """PaddleSlim's quant_post_static, unrolled: the same PostTrainingQuantization it wraps, with our quantizer."""
     import paddle
     from paddle.static.quantization import PostTrainingQuantization
 
     input_names = [spec.name for spec in inspect_model(files).inputs]
+    algo, op_types = settings.algo, list(settings.quantize_op_types)
 
     def loader() -> Iterator[dict]:
         yield from tqdm(calib.feeds(input_names), total=len(calib.batches), disable=quiet, unit="batch",
@@ -278,10 +278,10 @@ def _quantize_post_static(files: ModelFiles, calib: CalibrationSet, algo: str, o
                 executor=paddle.static.Executor(paddle.CPUPlace()), model_dir=str(files.dir),
                 model_filename=files.program.name, params_filename=files.params.name, data_loader=loader,
                 batch_size=calib.batches[0].array.shape[0], batch_nums=len(calib.batches), algo=algo,
-                quantizable_op_type=QUANTIZABLE_OPS, weight_quantize_type="channel_wise_abs_max",
+                quantizable_op_type=op_types, weight_quantize_type="channel_wise_abs_max",
                 onnx_format=True, skip_tensor_list=skip or None)
-            if not observe_all_ops and hasattr(ptq, "quant_config"):  # Paddle >= 2.6 keeps the policy here
-                ptq.quant_config = _conv_matmul_only_quantizer()
+            if not settings.observe_all_ops and hasattr(ptq, "quant_config"):  # Paddle >= 2.6 keeps it here
+                ptq.quant_config = _conv_matmul_only_quantizer(op_types)
             ptq.quantize()
             ptq.save_quantized_model(str(out_dir), model_filename="inference.pdmodel",
                                      params_filename="inference.pdiparams")
@@ -295,14 +295,15 @@ def _calibrate_cpu(cfg: DeployConfig, files: ModelFiles, calib: CalibrationSet, 
     final = cpu_int8_dir(cfg, files, output_dir)
     staged = cache.staging_dir(final)
     try:
-        skip = image_convs(files) if cfg.calibration.keep_image_conv_fp32 else []
-        _quantize_post_static(files, calib, algo, staged, quiet, skip, cfg.calibration.observe_all_ops)
+        skip = (image_convs(files) if cfg.calibration.keep_image_conv_fp32 else []) + cfg.calibration.skip_tensors
+        _quantize_post_static(files, calib, cfg.calibration, staged, quiet, skip)
         quantized = ModelFiles(staged / "inference.pdmodel", staged / "inference.pdiparams")
         scales = quant_scales(quantized)
         cache.atomic_write_json(staged / "scales.json", scales)
         artifacts = [quantized.program, quantized.params, staged / "scales.json"]
         entry = {**_manifest_entry(cfg, files, calib, algo, "paddle-ptq-onednn", final, artifacts),
-                 "fp32_tensors": skip, "observe_all_ops": cfg.calibration.observe_all_ops}
+                 "fp32_tensors": skip, "observe_all_ops": cfg.calibration.observe_all_ops,
+                 "quantize_op_types": cfg.calibration.quantize_op_types}
         cache.replace_dir(staged, final)
     except BaseException:
         shutil.rmtree(staged, ignore_errors=True)
