@@ -76,13 +76,14 @@ def load_stage(name: str, stage: StageConfig, expected: type[Task], *, quiet: bo
     if not isinstance(task, expected):
         raise ConfigError(f"the OCR system's '{name}' stage needs a {expected.name} config, but {stage.config} is "
                           f"task '{cfg.task}'")
-    if name == "cls" and task.label_names != ["0", UPSIDE_DOWN]:
-        raise ConfigError(f"the direction classifier's postprocess.label_list must be ['0', '180'], got "
-                          f"{task.label_names} ({stage.config})")
     if name != "det" and cfg.preprocess[0].mode != "BGR":
         raise ConfigError(f"the '{name}' stage gets crops of the BGR document: set its decode mode to BGR "
                           f"({stage.config})")
-    predictor = Predictor(resolve_plan(cfg, quiet=quiet))
+    plan = resolve_plan(cfg, quiet=quiet)  # builds a demo model (and its label list) when missing
+    if name == "cls" and task.label_names != ["0", UPSIDE_DOWN]:
+        raise ConfigError(f"the direction classifier's postprocess.label_list must be ['0', '180'], got "
+                          f"{task.label_names} ({stage.config})")
+    predictor = Predictor(plan)
     log.info("%s: %s", name, predictor.plan.describe())
     return Stage(name, cfg, task, ImagePipeline(cfg.preprocess), predictor)
 
