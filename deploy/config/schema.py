@@ -117,6 +117,8 @@ def convert(value: Any, tp: Any, key: str, where: Callable[[str], str], resolve:
 
 def _convert_literal(value: Any, tp: Any, key: str, where: Callable[[str], str]) -> Any:
     choices = typing.get_args(tp)
+    if isinstance(value, bool) and ("off" if not value else "on") in choices:
+        return "off" if not value else "on"  # YAML 1.1 reads an unquoted off / on as a boolean
     if isinstance(value, str):
         for choice in choices:
             if value.lower() == str(choice).lower():

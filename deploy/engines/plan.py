@@ -98,6 +98,14 @@ def _check_trt_model(cfg: DeployConfig, plan: PredictorPlan, info: ModelInfo) ->
         check_dynamic_shapes(shapes, info)
     elif shapes.mode == "tuned":
         check_shape_file(cfg, plan)
+    else:
+        dynamic = [f for f in info.inputs if any(d < 0 for d in f.shape[1:])]
+        if dynamic:
+            raise ModelError(f"input '{dynamic[0].name}' of {plan.model.program} has dynamic dims "
+                             f"{format_shape(dynamic[0].shape)}, so TensorRT needs shape ranges first: run "
+                             f"python tools/calibrate.py -c {cfg.source} --collect-shapes, then use "
+                             "runtime.trt.dynamic_shape.mode: tuned (configs/_base_/runtime/trt-dynamic-tuned.yml), "
+                             "or give manual min/opt/max")
 
 
 def check_dynamic_shapes(shapes: DynamicShapeConfig, info: ModelInfo) -> None:
