@@ -49,13 +49,17 @@ def split_outputs(outputs: dict[str, np.ndarray], batch_size: int) -> tuple[np.n
     return boxes[0], counts[0]
 
 
+def box_area(boxes: np.ndarray) -> np.ndarray:
+    """Areas of [K, 4] x1, y1, x2, y2 boxes (0 for inverted ones)."""
+    return np.clip(boxes[:, 2] - boxes[:, 0], 0, None) * np.clip(boxes[:, 3] - boxes[:, 1], 0, None)
+
+
 def box_iou(a: np.ndarray, b: np.ndarray) -> np.ndarray:
     """IoU matrix of [A, 4] and [B, 4] x1, y1, x2, y2 boxes."""
     lt = np.maximum(a[:, None, :2], b[None, :, :2])
     rb = np.minimum(a[:, None, 2:], b[None, :, 2:])
     inter = np.clip(rb - lt, 0, None).prod(axis=2)
-    area = lambda x: np.clip(x[:, 2] - x[:, 0], 0, None) * np.clip(x[:, 3] - x[:, 1], 0, None)  # noqa: E731
-    union = area(a)[:, None] + area(b)[None, :] - inter
+    union = box_area(a)[:, None] + box_area(b)[None, :] - inter
     return np.where(union > 0, inter / np.where(union > 0, union, 1), 0.0)
 
 

@@ -268,11 +268,8 @@ class DetCounts:
         return 0.0 if p + r == 0 else 2 * p * r / (p + r)
 
 
-def match_pairs(gt: Sequence[np.ndarray], det: Sequence[np.ndarray], iou_thresh: float = 0.5,
-                ignore: Sequence[bool] | None = None,
-                area_precision_thresh: float = 0.5) -> list[tuple[int, int]]:
-    """Matched (gt index, det index) pairs: one-to-one greedy over gt order x det order where IoU > iou_thresh."""
-    gt_care, det_care = _care_sets(gt, det, ignore, area_precision_thresh)
+def _greedy_pairs(gt_care: dict[int, Polygon], det_care: dict[int, Polygon],
+                  iou_thresh: float) -> list[tuple[int, int]]:
     pairs, used = [], set()
     for i, g in gt_care.items():
         for j, d in det_care.items():
@@ -284,12 +281,18 @@ def match_pairs(gt: Sequence[np.ndarray], det: Sequence[np.ndarray], iou_thresh:
     return pairs
 
 
+def match_pairs(gt: Sequence[np.ndarray], det: Sequence[np.ndarray], iou_thresh: float = 0.5,
+                ignore: Sequence[bool] | None = None,
+                area_precision_thresh: float = 0.5) -> list[tuple[int, int]]:
+    """Matched (gt index, det index) pairs: one-to-one greedy over gt order x det order where IoU > iou_thresh."""
+    return _greedy_pairs(*_care_sets(gt, det, ignore, area_precision_thresh), iou_thresh)
+
+
 def match_detections(gt: Sequence[np.ndarray], det: Sequence[np.ndarray], *, iou_thresh: float = 0.5,
                      ignore: Sequence[bool] | None = None, area_precision_thresh: float = 0.5) -> DetCounts:
     """One image's DetCounts under DetectionIoUEvaluator semantics (see match_pairs for the matching)."""
-    pairs = match_pairs(gt, det, iou_thresh, ignore, area_precision_thresh)
     gt_care, det_care = _care_sets(gt, det, ignore, area_precision_thresh)
-    return DetCounts(matched=len(pairs), gt=len(gt_care), det=len(det_care))
+    return DetCounts(len(_greedy_pairs(gt_care, det_care, iou_thresh)), len(gt_care), len(det_care))
 
 
 def sum_counts(counts: Iterable[DetCounts]) -> DetCounts:
