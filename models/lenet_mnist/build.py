@@ -30,7 +30,7 @@ import numpy as np  # noqa: E402
 from tqdm import tqdm  # noqa: E402
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # models/: helpers shared by the build scripts
-from buildkit import BuildError, read_marker, remove_leftovers, replace_dir, run_build, setup_logging  # noqa: E402,E501
+from buildkit import BuildError, positive_int, read_marker, remove_leftovers, replace_dir, run_build, setup_logging  # noqa: E402,E501
 
 if TYPE_CHECKING:  # paddle (~3 s to import) is loaded only when there is work to do
     import paddle
@@ -336,14 +336,6 @@ def build(out_dir: Path, *, epochs: int = DEFAULT_EPOCHS, seed: int = DEFAULT_SE
     weights = save_weights(model, out_dir)
     info = {"seed": seed, "epochs": epochs, "test_accuracy": accuracy, "test_images": int(len(y_test))}
     return export_inference(weights, out_dir, info, t0)
-
-
-def positive_int(text: str) -> int:
-    """argparse type: an integer >= 1."""
-    value = int(text)
-    if value < 1:
-        raise argparse.ArgumentTypeError(f"must be at least 1, got {value}")
-    return value
 
 
 def parse_args(argv: list[str] | None) -> argparse.Namespace:
