@@ -1,4 +1,4 @@
-"""Accuracy and agreement per precision, side by side, on a labelled image set:
+"""The task's metric and agreement per precision, side by side, on a labelled image set:
 
   python tools/eval.py -c configs/lenet_mnist.yml --precisions fp32,int8 \\
       --compare qat=configs/lenet_mnist_qat.yml:int8 --benchmark --output-dir reports/lenet
@@ -20,8 +20,8 @@ def main(argv=None):
     add_config_args(parser)
     add_runtime_args(parser, precision=False)
     add_comparison_args(parser)
-    parser.add_argument("--image", help="labelled images: a folder per class or a list file 'path label' "
-                                        "(default: data.images)")
+    parser.add_argument("--image", help="labelled images: a folder per class (classification) or a list file of "
+                                        "'path<TAB>label' lines in the task's label format (default: data.images)")
     parser.add_argument("--limit", type=int, help="evaluate only this many images, evenly spaced over the set")
     parser.add_argument("--calib-sweep", metavar="LIST", help="calibration-set sizes to try, e.g. 50,100,250,500")
     parser.add_argument("--benchmark", action="store_true", help="also benchmark every run (options below)")

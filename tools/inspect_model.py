@@ -1,6 +1,7 @@
 """Inspect a model without running it: python tools/inspect_model.py -c CONFIG | --model DIR_OR_FILE [--json]
 
-Shows the inputs, whether the program is quantized (and by which ops), and its op counts.
+Shows the inputs, whether the program is quantized (and by which ops), its op counts, and with --weights the
+weight tensor of every conv / matmul op (the names calibration.skip_tensors takes).
 """
 import argparse
 import json
@@ -17,6 +18,7 @@ def main(argv=None):
     source.add_argument("--model", type=Path, help="a model dir, or a .pdmodel/.json program file")
     parser.add_argument("-o", "--override", action="append", default=[], metavar="KEY=VALUE")
     parser.add_argument("--json", action="store_true", help="print JSON")
+    parser.add_argument("--weights", action="store_true", help="list every conv / matmul weight tensor")
     parser.add_argument("--quiet", action="store_true")
     args = parser.parse_args(argv)
     from deploy.config.loader import ModelConfig
@@ -29,6 +31,8 @@ def main(argv=None):
         model_cfg = ModelConfig(file=path) if path.is_file() else ModelConfig(dir=path)
     info = inspect_model(ensure_model(model_cfg, quiet=args.quiet))
     summary = describe_model(info)
+    if not args.weights:
+        summary.pop("weights")
     print(json.dumps(summary, indent=2) if args.json else "\n".join(f"{k:<10} {v}" for k, v in
                                                                       _lines(summary)))
 
@@ -41,6 +45,8 @@ def _lines(summary):
     quant = ", ".join(f"{k} x{v}" for k, v in summary["quant_ops"].items())
     yield "quantized", "true (" + quant + ")" if summary["quantized"] else "false"
     yield "ops", ", ".join(f"{k} x{v}" for k, v in summary["ops"].items())
+    for name, weight in summary.get("weights", {}).items():
+        yield "weight", f"{name} [{', '.join(map(str, weight['shape']))}] ({weight['op']})"
 
 
 if __name__ == "__main__":

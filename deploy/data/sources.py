@@ -64,7 +64,7 @@ def _split_list_line(line: str) -> tuple[str, Optional[str]]:
         path, label = line.split("\t", 1)
         return path.strip(), label.strip() or None
     parts = line.strip().rsplit(maxsplit=1)
-    if len(parts) == 2 and not Path(parts[1]).suffix.lower() in IMAGE_SUFFIXES:
+    if len(parts) == 2 and Path(parts[1]).suffix.lower() not in IMAGE_SUFFIXES:
         return parts[0], parts[1]
     return line.strip(), None
 

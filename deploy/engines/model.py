@@ -107,7 +107,8 @@ class ModelInfo:
     files: ModelFiles
     op_counts: dict[str, int] = field(default_factory=dict)
     inputs: list[InputSpec] = field(default_factory=list)
-    conv_filters: dict[str, list[int]] = field(default_factory=dict)  # filter name -> [OC, IC, KH, KW]
+    # weight tensor -> (op type, dims) of the ops post-training quantization can quantize (calibration.skip_tensors)
+    weights: dict[str, tuple[str, list[int]]] = field(default_factory=dict)
 
     @property
     def quant_op_counts(self) -> dict[str, int]:
@@ -140,17 +141,23 @@ def _inspect_classic(files: ModelFiles) -> ModelInfo:
         feeds.append(InputSpec(name, dims, {"fp32": "float32"}.get(dtype, dtype)))
     counts.pop("feed", None)
     counts.pop("fetch", None)
-    return ModelInfo(files, dict(counts), feeds, _conv_filters(block, var_types))
+    return ModelInfo(files, dict(counts), feeds, _weights(block))
 
 
-def _conv_filters(block, var_types: dict) -> dict[str, list[int]]:
-    filters = {}
+_WEIGHT_INPUTS = {"conv2d": "Filter", "depthwise_conv2d": "Filter", "conv2d_transpose": "Filter", "mul": "Y",
+                  "matmul": "Y", "matmul_v2": "Y"}
+
+
+def _weights(block) -> dict[str, tuple[str, list[int]]]:
+    """The persistable weight of every conv / matmul op, by tensor name."""
+    persistable = {v.name: v for v in block.vars if v.persistable}
+    weights = {}
     for op in block.ops:
-        if op.type in ("conv2d", "depthwise_conv2d"):
-            for name in (arg for inp in op.inputs if inp.parameter == "Filter" for arg in inp.arguments):
-                if name in var_types:
-                    filters[name] = list(var_types[name].dense_tensor.tensor.dims)
-    return filters
+        slot = _WEIGHT_INPUTS.get(op.type)
+        for name in (arg for inp in op.inputs if inp.parameter == slot for arg in inp.arguments):
+            if name in persistable:
+                weights[name] = (op.type, list(persistable[name].type.dense_tensor.tensor.dims))
+    return weights
 
 
 # PIR json names ops "<dialect>.<op>"; the serializer shortens dialect names ("1" = pd_op, "0" = builtin).
@@ -256,5 +263,6 @@ def describe_model(info: ModelInfo) -> dict:
                    for f in info.inputs],
         "quantized": info.quantized,
         "quant_ops": dict(sorted(info.quant_op_counts.items())),
+        "weights": {name: {"op": op, "shape": dims} for name, (op, dims) in info.weights.items()},
         "ops": dict(sorted(info.op_counts.items(), key=lambda kv: (-kv[1], kv[0]))),
     }

@@ -253,7 +253,8 @@ def image_convs(files: ModelFiles) -> list[str]:
     throughput at batch 64, same accuracy; on PP-OCR cls (3 channels) it breaks the INT8 chain (1.19x ->
     1.02x). So it is opt-in per model: calibration.keep_image_conv_fp32: true.
     """
-    return [name for name, dims in inspect_model(files).conv_filters.items() if len(dims) == 4 and dims[1] < 4]
+    return [name for name, (op, dims) in inspect_model(files).weights.items()
+            if op in ("conv2d", "depthwise_conv2d") and len(dims) == 4 and dims[1] < 4]
 
 
 def _quantize_post_static(files: ModelFiles, calib: CalibrationSet, settings: CalibrationConfig, out_dir: Path,
