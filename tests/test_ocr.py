@@ -200,3 +200,11 @@ calibration: {{images: {det / 'data' / 'calib' / 'labels.txt'}, num_images: {DET
     assert rec.call("enable_tensorrt_engine").arguments["use_calib_mode"] is True
     assert len(fed) == DET_COUNTS["calib"] and len(set(fed)) > 1  # documents keep their own (varied) shapes
     assert all(ranges["min"][2] <= s[2] <= ranges["max"][2] for s in fed)
+
+
+def test_inspect_lists_the_weights_a_skip_list_names(ocr):
+    """The shipped rec config keeps linear_85.w_0 (the 120 -> 6625 classifier) in FP32: inspect shows that name."""
+    info = json.loads(run_tool("inspect_model", "-c", ocr["rec_cfg"], "--weights", "--json", check=True).stdout)
+    assert info["weights"]["linear_85.w_0"] == {"op": "matmul_v2", "shape": [120, 6625]}
+    assert load_config(ROOT / "configs" / "ppocr_rec.yml").calibration.skip_tensors == ["linear_85.w_0"]
+    assert sum(w["op"] == "conv2d" for w in info["weights"].values()) > 20
