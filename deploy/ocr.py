@@ -2,6 +2,7 @@
 the images carry PaddleOCR det labels (polygons with transcriptions)."""
 from __future__ import annotations
 
+import datetime as _dt
 import logging
 import time
 from dataclasses import dataclass, field
@@ -16,10 +17,11 @@ from deploy.cache import atomic_write_bytes, atomic_write_json
 from deploy.config.loader import OcrSystemConfig
 from deploy.data.pipeline import read_image
 from deploy.data.sources import ImageItem, list_images
-from deploy.errors import DataError
+from deploy.errors import ConfigError, DataError
+from deploy.report.report import REPORT_FORMAT, environment_info, write_report
 from deploy.tasks.base import Metrics
 from deploy.tasks.ocr_det import parse_det_label
-from deploy.tasks.ocr_system import OcrLines, OcrSystem, end_to_end
+from deploy.tasks.ocr_system import OcrLines, OcrSystem, agreement, end_to_end
 
 log = logging.getLogger(__name__)
 CONSOLE_LIMIT = 10
@@ -41,7 +43,7 @@ class OcrSummary:
 
     stages: str
     images: int
-    failures: int
+    failures: list[str]
     seconds: float
     lines: int
     metrics: Optional[Metrics] = None
@@ -58,27 +60,30 @@ class OcrSummary:
             m = self.metrics
             score = (f", end-to-end F1 {100 * m['f1']:.2f}% (precision {100 * m['precision']:.2f}%, recall "
                      f"{100 * m['recall']:.2f}%) over {self.labelled} labelled")
-        return (f"summary ({self.stages}): {self.images} images, {self.failures} failures, {self.lines} lines, "
+        return (f"summary ({self.stages}): {self.images} images, {len(self.failures)} failures, {self.lines} lines, "
                 f"{self.images_per_s:.2f} images/s{score}")
 
     def to_json(self) -> dict:
-        return {"stages": self.stages, "images": self.images, "failures": self.failures, "lines": self.lines,
+        return {"stages": self.stages, "images": self.images, "failures": len(self.failures), "lines": self.lines,
                 "seconds": self.seconds, "images_per_s": self.images_per_s, "labelled": self.labelled,
                 **(self.metrics or {})}
 
 
-def run_ocr(cfg: OcrSystemConfig, *, images: Optional[str] = None, output: Optional[Path] = None,
-            visualize: Optional[Path] = None, limit: Optional[int] = None, quiet: bool = False) -> OcrSummary:
-    """Run the OCR system over ``images`` (default: data.images)."""
+def documents(cfg: OcrSystemConfig, images: Optional[str], limit: Optional[int]) -> list[ImageItem]:
+    """The documents to read (default: data.images), with their labels when the source has them."""
     source = images or cfg.data.images
     if source is None:
         raise DataError("no images: pass --image FILE|DIR|LIST or set data.images in the OCR system config")
-    items = list_images(source, DocumentLabels())[:limit]
+    return list_images(source, DocumentLabels())[:limit]
+
+
+def read_documents(cfg: OcrSystemConfig, items: list[ImageItem], *, quiet: bool, desc: str = "ocr") -> OcrSummary:
+    """Run the system over every document; an unreadable one is counted and skipped."""
     done: list[tuple[ImageItem, OcrLines]] = []
     failures: list[str] = []
     with OcrSystem(cfg, quiet=quiet) as system:
         start = time.perf_counter()
-        for item in tqdm(items, disable=quiet, unit="img", desc="ocr"):
+        for item in tqdm(items, disable=quiet, unit="img", desc=desc):
             try:
                 done.append((item, system(item.path)))
             except DataError as e:
@@ -88,13 +93,21 @@ def run_ocr(cfg: OcrSystemConfig, *, images: Optional[str] = None, output: Optio
         stages = system.describe()
     labelled = [(item, lines) for item, lines in done if item.label is not None]
     metrics = end_to_end([lines for _, lines in labelled], [item.label for item, _ in labelled]) if labelled else None
-    summary = OcrSummary(stages, len(done), len(failures), seconds, sum(len(r.texts) for _, r in done), metrics,
-                         len(labelled), done)
+    return OcrSummary(stages, len(done), failures, seconds, sum(len(r.texts) for _, r in done), metrics,
+                      len(labelled), done)
+
+
+def run_ocr(cfg: OcrSystemConfig, *, images: Optional[str] = None, output: Optional[Path] = None,
+            visualize: Optional[Path] = None, limit: Optional[int] = None, quiet: bool = False) -> OcrSummary:
+    """Run the OCR system over ``images`` (default: data.images)."""
+    summary = read_documents(cfg, documents(cfg, images, limit), quiet=quiet)
+    done, failures = summary.results, summary.failures
     if not quiet:
         for item, lines in done[:CONSOLE_LIMIT]:
             print(f"{item.path}: " + " | ".join(lines.texts))
     if output is not None:
-        atomic_write_json(output, {"stages": stages, "results": [{"path": str(i.path), **r.to_json()} for i, r in done],
+        atomic_write_json(output, {"stages": summary.stages,
+                                   "results": [{"path": str(i.path), **r.to_json()} for i, r in done],
                                    "failures": failures, "summary": summary.to_json()})
     if visualize is not None:
         for item, lines in done:
@@ -118,3 +131,55 @@ def write_visualization(path: Path, image: np.ndarray, lines: OcrLines) -> None:
     if not ok:
         raise DataError(f"cannot encode the visualisation of {path.name}")
     atomic_write_bytes(path, png.tobytes())
+
+
+# ---------------------------------------------------------------- side by side: the system at several precisions
+
+SYSTEM_COLUMNS = {"metrics": [{"key": "f1", "header": "F1", "kind": "pct"},
+                              {"key": "precision", "header": "precision", "kind": "pct"},
+                              {"key": "recall", "header": "recall", "kind": "pct"}],
+                  "agreement": [{"key": "agreement", "header": "F1 vs ref", "kind": "pct"}]}
+COMPARE_FORMAT = "LABEL=KEY=VALUE[,KEY=VALUE...], e.g. int8=det.precision=int8,rec.precision=int8"
+
+
+def parse_system_compare(text: str) -> tuple[str, list[str]]:
+    """'int8=det.precision=int8,rec.precision=int8' -> ('int8', ['det.precision=int8', 'rec.precision=int8'])."""
+    label, sep, rest = text.partition("=")
+    overrides = [o.strip() for o in rest.split(",") if o.strip()]
+    if not sep or not label or not overrides or not all("=" in o for o in overrides):
+        raise ConfigError(f"--compare '{text}': expected {COMPARE_FORMAT}")
+    return label, overrides
+
+
+def compare_systems(runs: list[tuple[str, OcrSystemConfig]], *, images: Optional[str] = None,
+                    limit: Optional[int] = None, output_dir: Optional[Path] = None, quiet: bool = False) -> dict:
+    """Run each labelled system config over the same documents; the first is the reference. Returns report
+    data (report.json's keys, task ocr_system) and writes report.json / report.md / accuracy.png to output_dir."""
+    items = documents(runs[0][1], images, limit)
+    summaries = [(label, cfg, read_documents(cfg, items, quiet=quiet, desc=label)) for label, cfg in runs]
+    reference = [lines for _, lines in summaries[0][2].results]
+    results = []
+    for label, _, summary in summaries:
+        if summary.metrics is None:
+            raise DataError(f"no labelled documents in {images or runs[0][1].data.images}: the OCR system's "
+                            "comparison needs PaddleOCR det labels (path<TAB>[{\"transcription\", \"points\"}])")
+        if len(summary.results) != len(reference):
+            raise DataError(f"run '{label}' read {len(summary.results)} documents, the reference "
+                            f"{len(reference)}; fix the unreadable ones first")
+        results.append({"label": label, **summary.metrics,
+                        "agreement": agreement([lines for _, lines in summary.results], reference),
+                        "seconds": round(summary.seconds, 4)})
+    data = {"format": REPORT_FORMAT, "created": _dt.datetime.now().astimezone().isoformat(timespec="seconds"),
+            "environment": environment_info(), "task": "ocr_system", "reference": runs[0][0],
+            "runs": [{"label": label, "config": str(cfg.source), "precision": summary.stages, "device": "cpu",
+                      "backend": "paddle", "int8_mode": None, "model": str(cfg.det.config),
+                      "plan": summary.stages} for label, cfg, summary in summaries],
+            "accuracy": {"task": "ocr_system", "columns": SYSTEM_COLUMNS, "source": str(images or
+                                                                                      runs[0][1].data.images),
+                         "images": len(reference), "labelled": summaries[0][2].labelled,
+                         "skipped": len(summaries[0][2].failures), "batch_size": 1, "reference": runs[0][0],
+                         "results": results},
+            "calibration_sweep": None, "benchmark": None, "files": {}}
+    if output_dir is not None:
+        write_report(output_dir, data)
+    return data

@@ -208,3 +208,19 @@ def test_inspect_lists_the_weights_a_skip_list_names(ocr):
     assert info["weights"]["linear_85.w_0"] == {"op": "matmul_v2", "shape": [120, 6625]}
     assert load_config(ROOT / "configs" / "ppocr_rec.yml").calibration.skip_tensors == ["linear_85.w_0"]
     assert sum(w["op"] == "conv2d" for w in info["weights"].values()) > 20
+
+
+def test_ocr_system_side_by_side_report(ocr, tmp_path):
+    if not (ocr["rec"] / "inference" / "_opt_cache" / "calibration.json").is_file():  # when run alone
+        run_tool("calibrate", "-c", ocr["rec_cfg"], "--quiet", check=True)
+    result = run_tool("ocr", "-c", ocr["system"], "--compare", "int8=rec.precision=int8", "--limit", "2",
+                      "--output-dir", tmp_path, "--quiet", check=True)
+    assert "ocr_system metrics on 2 images" in result.stdout
+    report = json.loads((tmp_path / "report.json").read_text())
+    assert report["task"] == "ocr_system" and [r["precision"] for r in report["runs"]] == [
+        "det fp32, rec fp32", "det fp32, rec int8"]
+    fp32, int8 = report["accuracy"]["results"]
+    assert set(fp32) == {"label", "precision", "recall", "f1", "agreement", "seconds"}
+    assert fp32["agreement"] == 1.0 and (fp32["label"], int8["label"]) == ("fp32", "int8")
+    assert all(0.0 <= int8[k] <= 1.0 for k in ("precision", "recall", "f1", "agreement"))
+    assert (tmp_path / "accuracy.png").is_file() and "| F1 |" in (tmp_path / "report.md").read_text()

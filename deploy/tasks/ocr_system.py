@@ -183,3 +183,11 @@ def end_to_end(results: Sequence[OcrLines], labels: Sequence[Optional[Sequence[T
     recall = right / gt if gt else 0.0
     f1 = 2 * precision * recall / (precision + recall) if precision + recall else 0.0
     return {"precision": precision, "recall": recall, "f1": f1}
+
+
+def agreement(results: Sequence[OcrLines], reference: Sequence[OcrLines]) -> float:
+    """Line F1 of ``results`` against the reference run's lines (same place, same text); 1 when both are empty."""
+    if not any(r.texts for r in results) and not any(r.texts for r in reference):
+        return 1.0
+    as_truth = [[TextRegion(box, text) for box, text in zip(ref.boxes, ref.texts)] for ref in reference]
+    return end_to_end(results, as_truth)["f1"]
