@@ -86,3 +86,28 @@ class RecordingConfig:
         if len(found) != 1:
             raise AssertionError(f"expected one call to {name}, got {len(found)}: {self.names()}")
         return bind(name, found[0][1], found[0][2])
+
+
+def recording_predictor(build_config, configs: list, fed: list, input_names: list[str]) -> type:
+    """A stand-in for the Paddle Predictor in TRT calibration contract tests (there is no GPU here): it records
+    the ``paddle.inference.Config`` calls the factory makes (via ``build_config(plan, config_cls=...)``) into
+    ``configs`` and every feed dict it is run with into ``fed``, and returns no outputs."""
+
+    class RecordingPredictor:
+        output_names = ["out"]
+
+        def __init__(self, plan):
+            self.input_names = list(input_names)
+            configs.append(build_config(plan, config_cls=RecordingConfig))
+
+        def __enter__(self):
+            return self
+
+        def __exit__(self, *exc):
+            return None
+
+        def run(self, feeds):
+            fed.append(feeds)
+            return {}
+
+    return RecordingPredictor

@@ -11,16 +11,16 @@ import pytest
 
 from conftest import ROOT, error_line, run_tool, write_config
 from deploy.config.loader import load_config
+from deploy.data.pipeline import Decode, ImagePipeline, ResizeLimitSide
 from deploy.engines import plan as plan_mod
 from deploy.engines.paddle import build_predictor_config
 from deploy.errors import CalibrationError, ModelError
 from deploy.int8 import calibration as calibration_mod
 from deploy.int8.shapes import read_shape_ranges
-from paddle_signatures import RecordingConfig
-from test_predictor_contract import assert_every_call_binds, gpu_env
-from deploy.data.pipeline import Decode, ImagePipeline, ResizeLimitSide
 from deploy.tasks.ocr_rec import ctc_greedy_decode
 from deploy.tasks.ocr_system import crop_box, sorted_boxes
+from paddle_signatures import recording_predictor
+from test_predictor_contract import assert_every_call_binds, gpu_env
 
 DET_COUNTS = {"test": 8, "calib": 4}
 REC_COUNTS = {"test": 40, "calib": 6}
@@ -174,32 +174,16 @@ calibration: {{images: {det / 'data' / 'calib' / 'labels.txt'}, num_images: {DET
     ranges = read_shape_ranges(shape_file)["x"]
     assert ranges["min"][:2] == [1, 3] and all(d % 32 == 0 for d in ranges["min"][2:] + ranges["max"][2:])
     configs, fed = [], []
-
-    class RecordingPredictor:
-        input_names, output_names = ["x"], ["sigmoid_0.tmp_0"]
-
-        def __init__(self, plan):
-            configs.append(build_predictor_config(plan, config_cls=RecordingConfig))
-
-        def __enter__(self):
-            return self
-
-        def __exit__(self, *exc):
-            return None
-
-        def run(self, feeds):
-            fed.append(feeds["x"].shape)
-            return {}
-
-    monkeypatch.setattr(calibration_mod, "Predictor", RecordingPredictor)
+    monkeypatch.setattr(calibration_mod, "Predictor", recording_predictor(build_predictor_config, configs, fed, ["x"]))
     with pytest.raises(CalibrationError, match="Paddle-TRT wrote no calibration table"):
         calibration_mod.calibrate(load_config(cfg), quiet=True)
     (rec,) = configs
     assert_every_call_binds(rec)
     assert rec.call("enable_tuned_tensorrt_dynamic_shape").arguments["shape_range_info_path"] == str(shape_file)
     assert rec.call("enable_tensorrt_engine").arguments["use_calib_mode"] is True
-    assert len(fed) == DET_COUNTS["calib"] and len(set(fed)) > 1  # documents keep their own (varied) shapes
-    assert all(ranges["min"][2] <= s[2] <= ranges["max"][2] for s in fed)
+    shapes = [f["x"].shape for f in fed]
+    assert len(shapes) == DET_COUNTS["calib"] and len(set(shapes)) > 1  # documents keep their own (varied) shapes
+    assert all(ranges["min"][2] <= s[2] <= ranges["max"][2] for s in shapes)
 
 
 def test_inspect_lists_the_weights_a_skip_list_names(ocr):

@@ -22,7 +22,7 @@ from deploy.errors import CalibrationError
 from deploy.engines.paddle import build_predictor_config
 from deploy.engines.plan import resolve_plan
 from deploy.int8.shapes import read_shape_ranges
-from paddle_signatures import RecordingConfig
+from paddle_signatures import RecordingConfig, recording_predictor
 from test_predictor_contract import assert_every_call_binds, gpu_env
 
 BUILD = ROOT / "models" / "ppocr_cls" / "build.py"
@@ -157,29 +157,13 @@ def test_tuned_int8_leaf_config_collect_then_trt_calibration_contract(ppocr, tmp
     assert "collected TensorRT shape ranges on cpu from 32 images (2 runs)" in collected.stdout
     assert read_shape_ranges(shape_file)["x"] == {"min": [1, 3, 48, 192], "opt": [1, 3, 48, 192],
                                                   "max": [32, 3, 48, 192]}
-    recorded = []
-
-    class RecordingPredictor:
-        input_names, output_names = ["x"], ["softmax_0.tmp_0"]
-
-        def __init__(self, plan):
-            recorded.append(build_predictor_config(plan, config_cls=RecordingConfig))
-
-        def __enter__(self):
-            return self
-
-        def __exit__(self, *exc):
-            return None
-
-        def run(self, feeds):
-            assert set(feeds) == {"x"} and feeds["x"].shape[1:] == (3, 48, 192)
-            return {}
-
+    recorded, fed = [], []
     monkeypatch.setattr(calibration_mod, "probe", gpu_env)
     monkeypatch.setattr(plan_mod, "probe", gpu_env)
-    monkeypatch.setattr(calibration_mod, "Predictor", RecordingPredictor)
+    monkeypatch.setattr(calibration_mod, "Predictor", recording_predictor(build_predictor_config, recorded, fed, ["x"]))
     with pytest.raises(CalibrationError, match="Paddle-TRT wrote no calibration table"):
         calibration_mod.calibrate(load_config(cfg_path), quiet=True)
+    assert all(set(f) == {"x"} and f["x"].shape[1:] == (3, 48, 192) for f in fed) and fed
     (rec,) = recorded
     assert_every_call_binds(rec)
     tuned = rec.call("enable_tuned_tensorrt_dynamic_shape").arguments

@@ -31,7 +31,8 @@ def main(argv=None):
         parser.add_argument(f"--{stage}-precision", choices=PRECISIONS, help=f"shortcut for -o {stage}.precision=")
     parser.add_argument("--no-cls", action="store_true", help="skip the direction classifier")
     parser.add_argument("--compare", action="append", default=[], metavar="LABEL=KEY=VALUE[,KEY=VALUE]",
-                        help="also run with these overrides and compare, e.g. int8=det.precision=int8,rec.precision=int8")
+                        help="also run with these overrides and compare, e.g. "
+                             "int8=det.precision=int8,rec.precision=int8")
     parser.add_argument("--output-dir", type=Path, help="with --compare: write report.json, report.md, accuracy.png")
     parser.add_argument("--quiet", action="store_true", help="no progress bars, warnings and errors only")
     args = parser.parse_args(argv)

@@ -222,7 +222,8 @@ def _accuracy_section(data: dict) -> list[str]:
              f"{acc['images']} images ({acc['labelled']} labelled, {acc['skipped']} unreadable skipped) from "
              f"`{acc['source']}`, preprocessed once and fed to every run in batches of {acc['batch_size']}. "
              f"Task `{acc['task']}`: the metric columns score each run against the labels; the agreement columns "
-             f"compare each run's results with `{acc['reference']}`'s on the same images.", "", format_markdown_table(accuracy_headers(data), accuracy_rows(data)), ""]
+             f"compare each run's results with `{acc['reference']}`'s on the same images.", "",
+             format_markdown_table(accuracy_headers(data), accuracy_rows(data)), ""]
     if data["files"].get("plots", {}).get("accuracy"):
         lines += [f"![accuracy and agreement]({PLOT_NAMES['accuracy']})", ""]
     if data["calibration_sweep"]:
@@ -249,7 +250,8 @@ def _speed_section(data: dict) -> list[str]:
              f"= build + first batch), warmed up {bench['warmup']} times, then {bench['iters']} timed iterations go "
              "round-robin over the runs, so background load hits all runs alike. Each iteration decodes and "
              "preprocesses a fresh batch: predictor-only latency times the run, end-to-end (e2e) adds decode, "
-             f"preprocess and the task's post-processing. Throughput = batch / median latency; 'vs ref' divides by `{bench['reference']}`. "
+             "preprocess and the task's post-processing. Throughput = batch / median latency; 'vs ref' divides by "
+             f"`{bench['reference']}`. "
              "+RSS is the peak resident memory added while building, first-running and warming up that predictor.",
              "", format_markdown_table(SPEED_HEADERS, speed_rows(data)), "",
              "Latency per batch (ms):", "",
