@@ -27,7 +27,7 @@ def add_runtime_args(parser: argparse.ArgumentParser, *, precision: bool = True)
     """--device, --backend, --precision, --batch-size, --threads (shortcuts for runtime.* overrides)."""
     group = parser.add_argument_group("runtime (shortcuts for -o runtime.*)")
     group.add_argument("--device", choices=("auto", "cpu", "gpu"))
-    group.add_argument("--backend", choices=("paddle", "trt"))
+    group.add_argument("--backend", choices=("paddle", "trt", "openvino"))
     if precision:
         group.add_argument("--precision", choices=PRECISIONS)
     group.add_argument("--batch-size", type=int)

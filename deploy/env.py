@@ -12,7 +12,7 @@ from typing import Optional
 from deploy.table import format_table
 
 DEVICES = ("gpu", "cpu")
-BACKENDS = ("trt", "paddle")
+BACKENDS = ("trt", "paddle", "openvino")
 PRECISIONS = ("fp32", "fp16", "int8", "bf16")
 CPU_FLAGS = ("avx2", "avx512f", "avx512_vnni", "avx_vnni", "avx512_bf16", "amx_bf16", "amx_int8")
 
@@ -35,6 +35,7 @@ class Environment:
     cpu_model: str = ""
     cpu_count: int = 1
     cpu_flags: dict[str, bool] = field(default_factory=dict)
+    openvino_version: Optional[str] = None  # read from the package metadata: probing does not import it
 
     @property
     def trt_compiled(self) -> bool:
@@ -94,6 +95,7 @@ def probe() -> Environment:
         cpu_model=model,
         cpu_count=os.cpu_count() or 1,
         cpu_flags={f: f in flags for f in CPU_FLAGS},
+        openvino_version=_dist_version("openvino"),
     )
 
 
@@ -120,12 +122,27 @@ def _trt_reason(env: Environment, precision: str) -> Optional[str]:
 def _cpu_reason(env: Environment, backend: str, precision: str) -> Optional[str]:
     if backend == "trt":
         return "TensorRT runs only on NVIDIA GPUs; use runtime.backend=paddle on CPU"
+    if backend == "openvino":
+        return _openvino_reason(env, precision)
     if precision == "fp16":
         return "fp16 is not supported on CPU; use fp32, int8 (quantized model) or bf16"
     if precision in ("int8", "bf16") and not env.onednn:
         return f"{precision} on CPU needs a Paddle build with oneDNN"
     if precision == "bf16" and not (env.cpu_flags.get("avx512_bf16") or env.cpu_flags.get("amx_bf16")):
         return "bf16 on CPU needs avx512_bf16 or AMX, which this CPU does not have; use fp32 or int8"
+    return None
+
+
+def _openvino_reason(env: Environment, precision: str) -> Optional[str]:
+    if env.openvino_version is None:
+        return "OpenVINO is not installed; pip install -r requirements.txt"
+    if precision == "fp16":
+        return "fp16 is not offered on CPU; use fp32 or bf16"
+    if precision == "int8":
+        return ("OpenVINO INT8 (NNCF quantization from the calibration set) is not built yet; run INT8 with "
+                "runtime.backend=paddle")
+    if precision == "bf16" and not (env.cpu_flags.get("avx512_bf16") or env.cpu_flags.get("amx_bf16")):
+        return "bf16 on CPU needs avx512_bf16 or AMX, which this CPU does not have; use fp32"
     return None
 
 
@@ -137,6 +154,8 @@ def support_reason(env: Environment, device: str, backend: str, precision: str) 
             return reason
         if backend == "trt":
             return _trt_reason(env, precision)
+        if backend == "openvino":
+            return "the OpenVINO engine runs on the CPU here; use runtime.device=cpu"
         if precision in ("int8", "bf16"):
             return f"{precision} on GPU runs through TensorRT; use runtime.backend=trt"
         return None
@@ -148,7 +167,7 @@ def default_device(env: Environment) -> str:
     return "gpu" if env.cuda_compiled and env.gpus else "cpu"
 
 
-INT8_NOTES = {
+INT8_NOTES = {  # what INT8 needs where it can run
     ("gpu", "trt"): "needs a calibration table (tools/calibrate.py) or a quantized model",
     ("cpu", "paddle"): "oneDNN INT8 on a quantized model (tools/calibrate.py or a PaddleSlim model)",
 }
@@ -178,6 +197,7 @@ def format_env(env: Environment, rows: list[tuple[str, str, str, str]]) -> str:
         ("python", env.python),
         ("paddle", f"{env.paddle_version} (commit {env.paddle_commit})"),
         ("paddleslim", env.paddleslim_version or "not installed"),
+        ("openvino", env.openvino_version or "not installed"),
         ("cuda build", f"yes (CUDA {env.cuda_version}, cuDNN {env.cudnn_version})" if env.cuda_compiled else "no"),
         ("tensorrt", f"compiled {_version(env.trt_compile_version)}, runtime {_version(env.trt_runtime_version)}"),
         ("onednn", "yes" if env.onednn else "no"),

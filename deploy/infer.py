@@ -14,7 +14,7 @@ from deploy.cache import atomic_write_json
 from deploy.config.loader import DeployConfig
 from deploy.data.pipeline import ImagePipeline
 from deploy.data.sources import IMAGE_SUFFIXES, ImageItem, iter_batches, list_images
-from deploy.engines.paddle import Predictor
+from deploy.engines.factory import create_predictor
 from deploy.engines.plan import resolve_plan
 from deploy.errors import DataError
 from deploy.tasks.base import Metrics, Task
@@ -67,7 +67,8 @@ def run_inference(cfg: DeployConfig, *, images: Optional[str] = None, output: Op
         log.warning("skipped %s", err)
 
     done: list[tuple[ImageItem, Any]] = []
-    with Predictor(plan) as predictor, tqdm(total=len(items), disable=quiet, unit="img", desc="infer") as bar:
+    with create_predictor(plan) as predictor, \
+            tqdm(total=len(items), disable=quiet, unit="img", desc="infer") as bar:
         start = time.perf_counter()
         for batch in iter_batches(items, ImagePipeline(cfg.preprocess), cfg.runtime.batch_size,
                                   None if single else skip, bar.update):

@@ -127,3 +127,11 @@ def test_pir_programs_run_on_the_new_executor(pir_models):
 def test_classic_programs_keep_the_default_executor(lenet):
     rec = build_predictor_config(resolve_plan(load_config(LENET_CONFIG), quiet=True), config_cls=RecordingConfig)
     assert "enable_new_ir" not in rec.names() and "enable_new_executor" not in rec.names()
+
+
+def test_openvino_refuses_a_pir_model_with_what_to_do(pir_models):
+    """OpenVINO 2026's Paddle frontend reads only the classic .pdmodel (it finds no frontend for .json)."""
+    cfg = pir_config(pir_models, "dynamic", 48)
+    line = error_line(run_tool("infer", "-c", cfg, "--backend", "openvino", "--image", pir_models / "images"))
+    assert "is a PIR (.json) program, which OpenVINO's Paddle frontend cannot read" in line
+    assert "FLAGS_enable_pir_api=0" in line

@@ -17,7 +17,7 @@ from deploy.data.pipeline import parse_ops
 from deploy.config.schema import build_dataclass, check_keys, closest_key, field_types
 
 Device = Literal["auto", "cpu", "gpu"]
-Backend = Literal["paddle", "trt"]
+Backend = Literal["paddle", "trt", "openvino"]
 Precision = Literal["fp32", "fp16", "int8", "bf16"]
 CalibAlgo = Literal["hist", "KL", "mse", "avg", "abs_max", "emd"]
 # The op types Paddle's post-training quantization quantizes by default (weights and inputs).
@@ -81,6 +81,15 @@ class TrtConfig:
 
 
 @dataclass
+class OpenVinoConfig:
+    """OpenVINO engine settings (runtime.backend: openvino; threads come from runtime.cpu_threads)."""
+
+    # latency: one request at a time, all cores on it; throughput: streams for many parallel requests;
+    # auto: latency for batch 1, throughput for bigger batches
+    performance_hint: Literal["auto", "latency", "throughput"] = "auto"
+
+
+@dataclass
 class RuntimeConfig:
     """Device, backend, precision and threads."""
 
@@ -93,6 +102,7 @@ class RuntimeConfig:
     gpu_id: int = 0
     ir_optim: bool = True
     trt: TrtConfig = field(default_factory=TrtConfig)
+    openvino: OpenVinoConfig = field(default_factory=OpenVinoConfig)
 
     def __post_init__(self) -> None:
         if self.batch_size < 1:

@@ -13,8 +13,8 @@ import numpy as np
 
 from deploy import cache
 from deploy.engines.model import inspect_model
-from deploy.engines.plan import PredictorPlan, format_shape, shape_file
-from deploy.errors import DataError, ModelError
+from deploy.engines.plan import PredictorPlan, check_feeds, shape_file
+from deploy.errors import ModelError
 
 log = logging.getLogger(__name__)
 
@@ -139,13 +139,14 @@ class Predictor:
         self.output_names: list[str] = list(self._predictor.get_output_names())
         specs = {f.name: f for f in inspect_model(plan.model).inputs}
         self._specs = {name: specs[name] for name in self.input_names if name in specs}
+        self._dims = {name: specs[name].shape if name in specs else [] for name in self.input_names}
         # Handles are looked up once: they stay valid for the predictor's life and cost a map lookup per call.
         self._inputs = {name: self._predictor.get_input_handle(name) for name in self.input_names}
         self._outputs = {name: self._predictor.get_output_handle(name) for name in self.output_names}
 
     def run(self, feeds: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
         """Run one batch fed by input name; returns every output by name."""
-        self._check_feeds(feeds)
+        check_feeds(self.plan, self._dims, feeds)
         for name, handle in self._inputs.items():
             spec = self._specs.get(name)
             array = np.ascontiguousarray(feeds[name], dtype=_NUMPY_DTYPES.get(spec.dtype) if spec else None)
@@ -153,19 +154,6 @@ class Predictor:
             handle.copy_from_cpu(array)
         self._predictor.run()
         return {name: handle.copy_to_cpu() for name, handle in self._outputs.items()}
-
-    def _check_feeds(self, feeds: dict[str, np.ndarray]) -> None:
-        missing = [n for n in self.input_names if n not in feeds]
-        if missing:
-            raise DataError(f"nothing feeds model input '{missing[0]}' of {self.plan.model.program} (inputs "
-                            f"{self.input_names}, fed {sorted(feeds)}); set 'task' in the config to the task whose "
-                            "model this is (classification, ocr_det, ocr_rec, detection)")
-        for name, spec in self._specs.items():
-            got = feeds[name].shape
-            if len(spec.shape) != len(got) or any(e > 0 and e != g for e, g in zip(spec.shape[1:], got[1:])):
-                raise DataError(f"model input '{name}' is fed {list(got[1:])} per image but expects "
-                                f"{format_shape(spec.shape[1:])}; fix the preprocess ops (resize size, decode mode, "
-                                "normalize mean/std count)")
 
     def close(self) -> None:
         """Destroy the predictor (Paddle-TRT writes its calibration table only now)."""

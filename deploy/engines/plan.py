@@ -5,13 +5,13 @@ from __future__ import annotations
 import logging
 from dataclasses import dataclass, replace
 from pathlib import Path
-from typing import Literal, Optional
+from typing import Any, Literal, Optional
 
 from deploy import cache
 from deploy.config.loader import DeployConfig, DynamicShapeConfig, RuntimeConfig
 from deploy.engines.model import ModelFiles, ModelInfo, ensure_model, inspect_model
 from deploy.env import Environment, default_device, probe, support_reason
-from deploy.errors import CalibrationError, ModelError, UnsupportedError
+from deploy.errors import CalibrationError, DataError, ModelError, UnsupportedError
 
 log = logging.getLogger(__name__)
 SHAPES_MANIFEST_TARGET = "shapes"
@@ -58,6 +58,8 @@ def resolve_plan(cfg: DeployConfig, *, env: Optional[Environment] = None, quiet:
     check_input_shape(cfg.model.input_shape, info)
     if rt.backend == "trt":
         _check_trt_model(cfg, plan, info)
+    elif rt.backend == "openvino":
+        _check_openvino_model(plan, info)
     if rt.precision != "int8":
         if info.quantized:
             log.warning("%s is a quantized model but precision is %s: its fake-quant ops will run in %s; "
@@ -108,6 +110,18 @@ def _check_trt_model(cfg: DeployConfig, plan: PredictorPlan, info: ModelInfo) ->
                              "or give manual min/opt/max")
 
 
+def _check_openvino_model(plan: PredictorPlan, info: ModelInfo) -> None:
+    """What OpenVINO's Paddle frontend cannot read (measured with OpenVINO 2026.4)."""
+    if plan.model.format == "pir":
+        raise ModelError(f"{plan.model.program} is a PIR (.json) program, which OpenVINO's Paddle frontend cannot "
+                         "read (it reads the classic .pdmodel): export it with FLAGS_enable_pir_api=0 set before "
+                         "paddle is imported, or run it with runtime.backend=paddle")
+    if info.quantized:
+        raise ModelError(f"{plan.model.program} is a PaddleSlim-quantized program, which OpenVINO's Paddle frontend "
+                         "cannot read (its quantize_linear scales); run it with runtime.backend=paddle "
+                         "--precision int8, or point model.dir at the FP32 model")
+
+
 def check_dynamic_shapes(shapes: DynamicShapeConfig, info: ModelInfo) -> None:
     """Fail when manual TRT dynamic shapes name inputs the model lacks, or disagree with its rank/static dims."""
     feeds = {f.name: f.shape for f in info.inputs}
@@ -123,6 +137,21 @@ def check_dynamic_shapes(shapes: DynamicShapeConfig, info: ModelInfo) -> None:
                 raise ModelError(f"runtime.trt.dynamic_shape.{which} of '{name}' is {dims}, but the model's "
                                  f"input '{name}' has shape {format_shape(model)}; give one value per dim and "
                                  "keep its fixed dims")
+
+
+def check_feeds(plan: PredictorPlan, input_dims: dict[str, list[int]], feeds: dict[str, Any]) -> None:
+    """Every engine's check before a run: each input fed, with the model's rank and fixed dims (-1 = any)."""
+    missing = [n for n in input_dims if n not in feeds]
+    if missing:
+        raise DataError(f"nothing feeds model input '{missing[0]}' of {plan.model.program} (inputs "
+                        f"{list(input_dims)}, fed {sorted(feeds)}); set 'task' in the config to the task whose "
+                        "model this is (classification, ocr_det, ocr_rec, detection)")
+    for name, dims in input_dims.items():
+        got = feeds[name].shape
+        if dims and (len(dims) != len(got) or any(e > 0 and e != g for e, g in zip(dims[1:], got[1:]))):
+            raise DataError(f"model input '{name}' is fed {list(got[1:])} per image but expects "
+                            f"{format_shape(dims[1:])}; fix the preprocess ops (resize size, decode mode, "
+                            "normalize mean/std count)")
 
 
 def format_shape(dims: list[int]) -> str:

@@ -24,7 +24,7 @@ from tqdm import tqdm
 
 from deploy.data.sources import Batch, ImageItem, group_batches, list_images
 from deploy.errors import DataError
-from deploy.engines.paddle import Predictor
+from deploy.engines.factory import AnyPredictor, create_predictor
 from deploy.data.pipeline import ImagePipeline, ImageRecord
 from deploy.report.runs import Run
 
@@ -180,7 +180,7 @@ class _Timed:
     """A built predictor and its samples during one batch size."""
 
     run: Run
-    predictor: Predictor
+    predictor: AnyPredictor
     build_s: float
     first_s: float
     peak_rss_mb: float
@@ -196,7 +196,7 @@ def _build(run: Run, first: Batch, warmup: int) -> _Timed:
     rss_before = current_rss_mb()
     reset_peak_rss()
     start = time.perf_counter()
-    predictor = Predictor(run.plan)
+    predictor = create_predictor(run.plan)
     built = time.perf_counter()
     feeds = run.task.feeds(first, predictor.input_names)
     predictor.run(feeds)

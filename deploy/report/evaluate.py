@@ -15,7 +15,7 @@ from tqdm import tqdm
 
 from deploy.data.pipeline import ImagePipeline
 from deploy.data.sources import Batch, ImageItem, iter_batches, list_images
-from deploy.engines.paddle import Predictor
+from deploy.engines.factory import create_predictor
 from deploy.errors import DataError
 from deploy.report.runs import Run
 from deploy.tasks.base import Metrics, Task
@@ -130,7 +130,7 @@ def load_eval_set(run: Run, *, images: Optional[str] = None, limit: Optional[int
 def run_results(run: Run, eval_set: EvalSet, *, quiet: bool = False) -> tuple[list[Any], float]:
     """One run's results over the set (in the set's order), and the seconds it took (inference + post-processing)."""
     results: list[Any] = []
-    with Predictor(run.plan) as predictor:
+    with create_predictor(run.plan) as predictor:
         start = time.perf_counter()
         for batch in tqdm(eval_set.batches, disable=quiet, unit="batch", desc=run.label):
             results.extend(run.task.predict(predictor, batch))

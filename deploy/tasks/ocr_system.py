@@ -19,7 +19,7 @@ import numpy as np
 from deploy.config.loader import DeployConfig, OcrSystemConfig, StageConfig, load_config
 from deploy.data.pipeline import ImagePipeline, read_image
 from deploy.data.sources import Batch, ImageItem, group_batches
-from deploy.engines.paddle import Predictor
+from deploy.engines.factory import AnyPredictor, create_predictor
 from deploy.engines.plan import resolve_plan
 from deploy.errors import ConfigError
 from deploy.tasks.base import Metrics, Task
@@ -55,7 +55,7 @@ class Stage:
     cfg: DeployConfig
     task: Task
     pipeline: ImagePipeline
-    predictor: Predictor
+    predictor: AnyPredictor
 
     def run(self, images: Sequence[np.ndarray], path: Path) -> list[Any]:
         """Preprocess decoded images, batch them as the stage's config says, predict: results in input order."""
@@ -83,7 +83,7 @@ def load_stage(name: str, stage: StageConfig, expected: type[Task], *, quiet: bo
     if name == "cls" and task.label_names != ["0", UPSIDE_DOWN]:
         raise ConfigError(f"the direction classifier's postprocess.label_list must be ['0', '180'], got "
                           f"{task.label_names} ({stage.config})")
-    predictor = Predictor(plan)
+    predictor = create_predictor(plan)
     log.info("%s: %s", name, predictor.plan.describe())
     return Stage(name, cfg, task, ImagePipeline(cfg.preprocess), predictor)
 

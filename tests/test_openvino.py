@@ -1,0 +1,77 @@
+"""The OpenVINO engine for real on this CPU: it reads the same Paddle program files, runs through the same factory
+and Predictor interface, and gives the Paddle engine's results; what it cannot read is a one-line error."""
+import json
+import shutil
+
+import numpy as np
+import pytest
+
+from conftest import LENET_CONFIG, ROOT, error_line, run_tool, write_config
+from deploy.config.loader import load_config
+from deploy.engines.factory import create_predictor
+from deploy.engines.openvino import OpenVinoPredictor, compile_properties
+from deploy.engines.paddle import Predictor
+from deploy.engines.plan import resolve_plan
+from deploy.errors import DataError
+
+OPENVINO_LENET = ROOT / "configs" / "lenet_mnist_openvino.yml"
+
+
+@pytest.fixture
+def lenet_openvino(lenet_config, tmp_path):
+    return write_config(tmp_path / "cfg" / "lenet_ov.yml", f"_base_: [{lenet_config}, "
+                        f"{ROOT / 'configs' / '_base_' / 'runtime' / 'openvino.yml'}]\n")
+
+
+def test_same_outputs_as_paddle_through_the_one_factory(lenet_config, lenet_openvino):
+    paddle_plan = resolve_plan(load_config(lenet_config), quiet=True)
+    ov_plan = resolve_plan(load_config(lenet_openvino), quiet=True)
+    assert ov_plan.backend == "openvino" and ov_plan.model == paddle_plan.model  # the same .pdmodel file
+    x = np.random.default_rng(0).uniform(-1, 1, (5, 1, 28, 28)).astype(np.float32)
+    with create_predictor(paddle_plan) as paddle_p, create_predictor(ov_plan) as ov_p:
+        assert isinstance(paddle_p, Predictor) and isinstance(ov_p, OpenVinoPredictor)
+        assert ov_p.input_names == paddle_p.input_names == ["x"] and ov_p.output_names == paddle_p.output_names
+        ours, theirs = paddle_p.run({"x": x}), ov_p.run({"x": x})
+        np.testing.assert_allclose(theirs[ov_p.output_names[0]], ours[paddle_p.output_names[0]], atol=1e-4)
+        with pytest.raises(DataError, match="model input 'x' is fed \\[3, 28, 28\\] per image but expects"):
+            ov_p.run({"x": np.zeros((1, 3, 28, 28), np.float32)})
+        with pytest.raises(DataError, match="nothing feeds model input 'x'"):
+            ov_p.run({})
+
+
+def test_threads_and_performance_hint_come_from_the_config(lenet_openvino):
+    plan = resolve_plan(load_config(lenet_openvino, ["runtime.cpu_threads=1", "runtime.batch_size=1"]), quiet=True)
+    assert compile_properties(plan) == {"INFERENCE_NUM_THREADS": 1, "PERFORMANCE_HINT": "LATENCY",
+                                        "INFERENCE_PRECISION_HINT": "f32"}
+    batched = resolve_plan(load_config(lenet_openvino, ["runtime.batch_size=64"]), quiet=True)
+    assert compile_properties(batched)["PERFORMANCE_HINT"] == "THROUGHPUT"
+    fixed = resolve_plan(load_config(lenet_openvino, ["runtime.batch_size=64",
+                                                      "runtime.openvino.performance_hint=latency"]), quiet=True)
+    assert compile_properties(fixed)["PERFORMANCE_HINT"] == "LATENCY"
+
+
+def test_paddle_and_openvino_side_by_side_in_one_report(lenet, lenet_config, lenet_openvino, tmp_path):
+    images = tmp_path / "images.txt"
+    images.write_text("\n".join(f"{p} {d}" for d in range(10)
+                                for p in sorted((lenet / "data" / "test" / str(d)).glob("*.png"))[:5]) + "\n")
+    run_tool("eval", "-c", lenet_config, "--precisions", "fp32", "--compare", f"openvino={lenet_openvino}:fp32",
+             "--image", images, "--output-dir", tmp_path / "report", "--quiet", check=True)
+    data = json.loads((tmp_path / "report" / "report.json").read_text())
+    assert [r["backend"] for r in data["runs"]] == ["paddle", "openvino"]
+    fp32, ov = data["accuracy"]["results"]
+    assert ov["top1"] == fp32["top1"] and ov["agreement"] == 1.0 and ov["cosine_min"] > 0.9999
+
+
+def test_what_openvino_cannot_run_is_one_line(lenet_openvino, lenet_copy, tmp_path):
+    line = error_line(run_tool("infer", "-c", lenet_openvino, "--precision", "int8"))
+    assert "cannot run cpu/openvino/int8 here" in line and "runtime.backend=paddle" in line
+    line = error_line(run_tool("infer", "-c", lenet_openvino, "--device", "gpu"))
+    assert "cannot run gpu/openvino/fp32" in line
+    run_tool("calibrate", "-c", write_config(tmp_path / "p.yml", f"_base_: {LENET_CONFIG}\nmodel:\n  dir: "
+                                             f"{lenet_copy}\n  build: null\ncalibration:\n  num_images: 32\n"),
+             "--quiet", check=True)
+    quantized = tmp_path / "quantized"
+    shutil.copytree(lenet_copy / "_opt_cache" / "int8_cpu", quantized)
+    cfg = write_config(tmp_path / "q.yml", f"_base_: {OPENVINO_LENET}\nmodel:\n  dir: {quantized}\n  build: null\n")
+    line = error_line(run_tool("infer", "-c", cfg))
+    assert "PaddleSlim-quantized program, which OpenVINO's Paddle frontend cannot read" in line
