@@ -72,9 +72,11 @@ def test_missing_model_without_build_script(tmp_path):
 
 def test_env_prints_capability_table():
     result = run_tool("env", check=True)
-    assert "cpu     paddle   fp32       yes" in result.stdout
-    assert "gpu     trt      int8       no:" in result.stdout
-    assert json.loads(run_tool("env", "--json", check=True).stdout)["paddle_version"]
+    assert "cpu     paddle    fp32       yes" in result.stdout
+    assert "gpu     trt       int8       no:" in result.stdout
+    assert "cpu     openvino  fp32       yes" in result.stdout
+    info = json.loads(run_tool("env", "--json", check=True).stdout)
+    assert info["paddle_version"] and info["openvino_version"] == "2026.4.1"  # pinned in requirements.txt
 
 
 def test_list_file_with_labels(lenet, tmp_path):
