@@ -85,6 +85,8 @@ def add_comparison_args(parser: argparse.ArgumentParser) -> None:
                        help="add another config at one precision, e.g. qat=configs/lenet_mnist_qat.yml:int8; runtime "
                             "shortcuts (--threads, --device, ...) apply to it too, -o only to -c "
                             "(repeatable; default label: <config name>:<precision>)")
+    group.add_argument("--backends", metavar="LIST", help="run every precision on each engine, e.g. paddle,openvino; "
+                                                          "labels <backend>:<precision>, reference paddle:fp32")
     group.add_argument("--output-dir", type=Path, help="write report.json, report.md and PNG plots here")
 
 
@@ -112,7 +114,9 @@ def int_list(text: Optional[str], option: str) -> list[int]:
 
 def run_specs_from_args(args: argparse.Namespace) -> list:
     """The RunSpecs of -c at --precisions plus each --compare: runtime shortcuts apply to all, -o to -c only."""
-    from deploy.report.runs import parse_precisions, run_specs
+    from deploy.report.runs import parse_backends, parse_precisions, run_specs
 
     shortcuts = overrides_from_args(argparse.Namespace(**{**vars(args), "override": []}))
-    return run_specs(args.config, parse_precisions(args.precisions), args.compare, args.override, shortcuts)
+    backends = parse_backends(args.backends) if args.backends else []
+    return run_specs(args.config, parse_precisions(args.precisions), args.compare, args.override, shortcuts,
+                     backends)

@@ -12,7 +12,8 @@ from deploy.engines.factory import create_predictor
 from deploy.engines.openvino import OpenVinoPredictor, compile_properties
 from deploy.engines.paddle import Predictor
 from deploy.engines.plan import resolve_plan
-from deploy.errors import DataError
+from deploy.errors import ConfigError, DataError
+from deploy.report.runs import parse_backends, run_specs
 
 OPENVINO_LENET = ROOT / "configs" / "lenet_mnist_openvino.yml"
 
@@ -75,3 +76,22 @@ def test_what_openvino_cannot_run_is_one_line(lenet_openvino, lenet_copy, tmp_pa
     cfg = write_config(tmp_path / "q.yml", f"_base_: {OPENVINO_LENET}\nmodel:\n  dir: {quantized}\n  build: null\n")
     line = error_line(run_tool("infer", "-c", cfg))
     assert "PaddleSlim-quantized program, which OpenVINO's Paddle frontend cannot read" in line
+
+
+def test_backends_grid_labels_and_reference(lenet, lenet_config, tmp_path):
+    specs = run_specs(lenet_config, ["int8", "fp32"], backends=parse_backends("openvino,paddle"))
+    assert [s.label for s in specs] == ["paddle:fp32", "paddle:int8", "openvino:fp32", "openvino:int8"]
+    assert "runtime.device=cpu" in specs[2].overrides and "runtime.backend=openvino" in specs[2].overrides
+    with pytest.raises(ConfigError, match="unknown backend 'onnx'"):
+        parse_backends("paddle,onnx")
+    images = tmp_path / "images.txt"
+    images.write_text("\n".join(f"{p} {d}" for d in range(10)
+                                for p in sorted((lenet / "data" / "test" / str(d)).glob("*.png"))[:3]) + "\n")
+    run_tool("benchmark", "-c", lenet_config, "--backends", "paddle,openvino", "--precisions", "fp32", "--image",
+             images, "--batch-sizes", "1,4", "--warmup", "1", "--iters", "3", "--output-dir", tmp_path / "r",
+             "--quiet", check=True)
+    bench = json.loads((tmp_path / "r" / "report.json").read_text())["benchmark"]
+    assert bench["reference"] == "paddle:fp32"
+    assert [(e["label"], e["batch_size"]) for e in bench["results"]] == [
+        ("paddle:fp32", 1), ("openvino:fp32", 1), ("paddle:fp32", 4), ("openvino:fp32", 4)]
+    assert all(e["throughput_ratio"] > 0 for e in bench["results"])

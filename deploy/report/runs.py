@@ -10,7 +10,7 @@ from pathlib import Path
 from typing import Optional, Sequence
 
 from deploy.config.loader import DeployConfig, load_config
-from deploy.env import PRECISIONS
+from deploy.env import BACKENDS, PRECISIONS
 from deploy.errors import ConfigError
 from deploy.engines.plan import PredictorPlan, resolve_plan
 from deploy.data.pipeline import ops_fingerprint
@@ -73,17 +73,39 @@ def parse_compare(text: str) -> tuple[Optional[str], Path, str]:
     return label, Path(config), precision
 
 
+def parse_backends(text: str) -> list[str]:
+    """'paddle,openvino' -> ['paddle', 'openvino'] (Paddle first: its fp32 run is the reference)."""
+    names = list(dict.fromkeys(b.strip() for b in text.split(",") if b.strip()))
+    unknown = [b for b in names if b not in BACKENDS]
+    if unknown or not names:
+        raise ConfigError(f"--backends '{text}': unknown backend {unknown[0] if unknown else text!r}; give a "
+                          f"comma-separated list of {', '.join(BACKENDS)}")
+    return sorted(names, key=lambda b: b != "paddle")
+
+
+# OpenVINO runs on the CPU: with device auto a GPU machine would otherwise put it on the GPU
+BACKEND_OVERRIDES = {"openvino": ("runtime.backend=openvino", "runtime.device=cpu")}
+
+
 def run_specs(config: Path | str, precisions: Sequence[str], compare: Sequence[str] = (),
-              overrides: Sequence[str] = (), shared: Sequence[str] = ()) -> list[RunSpec]:
+              overrides: Sequence[str] = (), shared: Sequence[str] = (),
+              backends: Sequence[str] = ()) -> list[RunSpec]:
     """The reference (``config`` at fp32), ``config`` at each other precision, then each ``--compare`` entry.
 
-    ``shared`` overrides (the runtime shortcuts like --threads) apply to every run, so the comparison is fair;
-    ``overrides`` (-o) apply to ``config`` only: a compare config is taken as its file says.
+    With ``backends``, ``config`` runs at every precision on every backend, labelled ``<backend>:<precision>``;
+    the reference is the first backend's fp32 (Paddle's when it is listed). ``shared`` overrides (the runtime
+    shortcuts like --threads) apply to every run, so the comparison is fair; ``overrides`` (-o) apply to
+    ``config`` only: a compare config is taken as its file says.
     """
     if REFERENCE_PRECISION not in precisions:
         log.info("adding %s of %s as the reference run", REFERENCE_PRECISION, config)
     ordered = [REFERENCE_PRECISION] + [p for p in precisions if p != REFERENCE_PRECISION]
-    specs = [RunSpec(p, Path(config), p, (*shared, *overrides)) for p in ordered]
+    if backends:
+        specs = [RunSpec(f"{b}:{p}", Path(config), p,
+                         (*shared, *overrides, *BACKEND_OVERRIDES.get(b, (f"runtime.backend={b}",))))
+                 for b in backends for p in ordered]
+    else:
+        specs = [RunSpec(p, Path(config), p, (*shared, *overrides)) for p in ordered]
     for text in compare:
         label, path, precision = parse_compare(text)
         specs.append(RunSpec(label or f"{path.stem}:{precision}", path, precision, tuple(shared)))
