@@ -142,8 +142,14 @@ def write_manifest_entry(files: ModelFiles, target: str, entry: dict) -> Path:
     return path
 
 
+def calibrate_command(cfg: DeployConfig) -> str:
+    """The command that calibrates this config's model for its backend."""
+    backend = " -o runtime.backend=openvino" if cfg.runtime.backend == "openvino" else ""
+    return f"python tools/calibrate.py -c {cfg.source}{backend}"
+
+
 def _rerun(cfg: DeployConfig) -> str:
-    return f"rerun: python tools/calibrate.py -c {cfg.source}"
+    return f"rerun: {calibrate_command(cfg)}"
 
 
 def check_fresh(entry: dict, files: ModelFiles, cfg: DeployConfig) -> None:
@@ -224,14 +230,14 @@ def guard_engine_cache(files: ModelFiles, cache_dir: Path) -> list[Path]:
 
 def int8_artifacts(cfg: DeployConfig, plan: "PredictorPlan", *, calibrating: bool) -> tuple[ModelFiles, "Int8Mode"]:
     """The model files and INT8 mode for a non-quantized model, after checking our calibration is fresh."""
-    target = "trt" if plan.backend == "trt" else "cpu"
+    target = {"trt": "trt", "openvino": "openvino"}.get(plan.backend, "cpu")
     if target == "trt" and calibrating:
         return plan.model, "calibrate"
     entry = read_manifest(plan.model)["targets"].get(target)
     if entry is None:
         raise CalibrationError(
             f"INT8 on {plan.device}/{plan.backend} needs calibration or a quantized model, and {plan.model.dir} has "
-            f"no {target} calibration; run: python tools/calibrate.py -c {cfg.source} (or point model.dir at a "
+            f"no {target} calibration; run: {calibrate_command(cfg)} (or point model.dir at a "
             "PaddleSlim-quantized model)")
     check_fresh(entry, plan.model, cfg)
     paths = _check_artifacts(entry, cfg)
@@ -241,5 +247,8 @@ def int8_artifacts(cfg: DeployConfig, plan: "PredictorPlan", *, calibrating: boo
             raise CalibrationError(f"no TensorRT calibration table in {table_dir} (runtime.trt.cache_dir changed "
                                    f"since calibration?); {_rerun(cfg)}")
         return plan.model, "table"
+    if target == "openvino":
+        program = next(p for p in paths if p.suffix == ".xml")
+        return ModelFiles(program, program.with_suffix(".bin")), "quantized"
     program = next(p for p in paths if p.suffix in (".pdmodel", ".json"))
     return ModelFiles(program, program.with_suffix(".pdiparams")), "quantized"

@@ -138,9 +138,6 @@ def _openvino_reason(env: Environment, precision: str) -> Optional[str]:
         return "OpenVINO is not installed; pip install -r requirements.txt"
     if precision == "fp16":
         return "fp16 is not offered on CPU; use fp32 or bf16"
-    if precision == "int8":
-        return ("OpenVINO INT8 (NNCF quantization from the calibration set) is not built yet; run INT8 with "
-                "runtime.backend=paddle")
     if precision == "bf16" and not (env.cpu_flags.get("avx512_bf16") or env.cpu_flags.get("amx_bf16")):
         return "bf16 on CPU needs avx512_bf16 or AMX, which this CPU does not have; use fp32"
     return None
@@ -170,6 +167,7 @@ def default_device(env: Environment) -> str:
 INT8_NOTES = {  # what INT8 needs where it can run
     ("gpu", "trt"): "needs a calibration table (tools/calibrate.py) or a quantized model",
     ("cpu", "paddle"): "oneDNN INT8 on a quantized model (tools/calibrate.py or a PaddleSlim model)",
+    ("cpu", "openvino"): "an NNCF-quantized IR from tools/calibrate.py -o runtime.backend=openvino",
 }
 
 

@@ -13,6 +13,7 @@ from deploy.engines.openvino import OpenVinoPredictor, compile_properties
 from deploy.engines.paddle import Predictor
 from deploy.engines.plan import resolve_plan
 from deploy.errors import ConfigError, DataError
+from deploy.int8 import calibration as calibration_mod
 from deploy.report.runs import parse_backends, run_specs
 
 OPENVINO_LENET = ROOT / "configs" / "lenet_mnist_openvino.yml"
@@ -64,8 +65,6 @@ def test_paddle_and_openvino_side_by_side_in_one_report(lenet, lenet_config, len
 
 
 def test_what_openvino_cannot_run_is_one_line(lenet_openvino, lenet_copy, tmp_path):
-    line = error_line(run_tool("infer", "-c", lenet_openvino, "--precision", "int8"))
-    assert "cannot run cpu/openvino/int8 here" in line and "runtime.backend=paddle" in line
     line = error_line(run_tool("infer", "-c", lenet_openvino, "--device", "gpu"))
     assert "cannot run gpu/openvino/fp32" in line
     run_tool("calibrate", "-c", write_config(tmp_path / "p.yml", f"_base_: {LENET_CONFIG}\nmodel:\n  dir: "
@@ -95,3 +94,35 @@ def test_backends_grid_labels_and_reference(lenet, lenet_config, tmp_path):
     assert [(e["label"], e["batch_size"]) for e in bench["results"]] == [
         ("paddle:fp32", 1), ("openvino:fp32", 1), ("paddle:fp32", 4), ("openvino:fp32", 4)]
     assert all(e["throughput_ratio"] > 0 for e in bench["results"])
+
+
+def test_openvino_int8_from_the_same_calibration_set(lenet, lenet_openvino, lenet_copy, monkeypatch):
+    """NNCF quantizes the Paddle program into OpenVINO IR beside the model, with the manifest, staleness check
+    and interruption safety of the other targets."""
+    line = error_line(run_tool("infer", "-c", lenet_openvino, "--precision", "int8"))
+    assert "no openvino calibration" in line and "-o runtime.backend=openvino" in line
+    cfg = load_config(lenet_openvino, ["calibration.num_images=64"])
+    result = calibration_mod.calibrate(cfg, quiet=True)
+    out = lenet_copy / "_opt_cache" / "int8_openvino"
+    assert result.target == "openvino" and sorted(p.name for p in result.artifacts) == ["model.bin", "model.xml"]
+    entry = json.loads((lenet_copy / "_opt_cache" / "calibration.json").read_text())["targets"]["openvino"]
+    assert entry["num_images"] == 64 and entry["versions"]["openvino"] == "2026.4.1" and entry["algo"] == "nncf"
+    summary = run_tool("infer", "-c", lenet_openvino, "--precision", "int8", "--image",
+                       lenet / "data" / "test", "--quiet", check=True).stdout.strip().splitlines()[-1]
+    assert float(summary.split("top-1 ")[1].split("%")[0]) >= 95.0
+    plan = resolve_plan(load_config(lenet_openvino, ["runtime.precision=int8"]), quiet=True)
+    assert plan.int8_mode == "quantized" and plan.model.program == out / "model.xml"
+    before = {p.name: p.read_bytes() for p in out.iterdir()}
+
+    def interrupted(*args, **kwargs):
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(calibration_mod, "_nncf_quantize", interrupted)
+    with pytest.raises(KeyboardInterrupt):
+        calibration_mod.calibrate(cfg, quiet=True)
+    assert {p.name: p.read_bytes() for p in out.iterdir()} == before
+    assert not [p for p in out.parent.iterdir() if "staging" in p.name]
+    params = lenet_copy / "inference.pdiparams"
+    params.write_bytes(params.read_bytes()[:-4] + b"\0\0\0\0")
+    line = error_line(run_tool("infer", "-c", lenet_openvino, "--precision", "int8"))
+    assert "calibration is stale: model changed" in line and "-o runtime.backend=openvino" in line

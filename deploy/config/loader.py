@@ -150,6 +150,15 @@ class DataConfig:
 
 
 @dataclass
+class NncfConfig:
+    """OpenVINO INT8 by NNCF post-training quantization (tools/calibrate.py with runtime.backend openvino)."""
+
+    preset: Literal["performance", "mixed"] = "performance"  # mixed: asymmetric activations
+    fast_bias_correction: bool = True
+    ignored_scope: list[str] = field(default_factory=list)  # OpenVINO node names left in FP32
+
+
+@dataclass
 class CalibrationConfig:
     """INT8 calibration: which images, how many, and the PaddleSlim algorithm for CPU quantization."""
 
@@ -164,6 +173,7 @@ class CalibrationConfig:
     # CPU: the op types PTQ quantizes, and weight tensors whose ops stay FP32 (a skip list for sensitive layers)
     quantize_op_types: list[str] = field(default_factory=lambda: list(QUANTIZABLE_OPS))
     skip_tensors: list[str] = field(default_factory=list)
+    nncf: NncfConfig = field(default_factory=NncfConfig)
 
     def __post_init__(self) -> None:
         if self.num_images < 1:

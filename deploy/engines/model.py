@@ -30,8 +30,9 @@ class ModelFiles:
     params: Path
 
     @property
-    def format(self) -> Literal["classic", "pir"]:
-        return "pir" if self.program.suffix == ".json" else "classic"
+    def format(self) -> Literal["classic", "pir", "openvino"]:
+        """classic .pdmodel, PIR .json, or OpenVINO IR .xml (+ .bin) written by NNCF quantization."""
+        return {".json": "pir", ".xml": "openvino"}.get(self.program.suffix, "classic")
 
     @property
     def dir(self) -> Path:

@@ -15,7 +15,8 @@ from deploy.errors import ModelError
 
 log = logging.getLogger(__name__)
 HINTS = {"latency": "LATENCY", "throughput": "THROUGHPUT"}
-PRECISION_HINTS = {"fp32": "f32", "bf16": "bf16"}
+# An NNCF-quantized IR runs INT8 where its FakeQuantize ops say so; the rest of it runs at this precision.
+PRECISION_HINTS = {"fp32": "f32", "int8": "f32", "bf16": "bf16"}
 
 
 def performance_hint(plan: PredictorPlan) -> str:

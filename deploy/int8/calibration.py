@@ -8,6 +8,7 @@ only after the artifacts are complete, so an interrupted run leaves the previous
 from __future__ import annotations
 
 import contextlib
+import io
 import logging
 import shutil
 import time
@@ -19,7 +20,7 @@ import numpy as np
 from tqdm import tqdm
 
 from deploy import cache
-from deploy.config.loader import CalibrationConfig, DeployConfig
+from deploy.config.loader import CalibrationConfig, DeployConfig, NncfConfig
 from deploy.data.sources import Batch, ImageItem, group_batches, list_images
 from deploy.env import default_device, probe, support_reason
 from deploy.errors import CalibrationError, DataError, UnsupportedError
@@ -63,7 +64,7 @@ class CalibrationSet:
 class CalibrationResult:
     """What a calibration produced."""
 
-    target: str  # "cpu" or "trt"
+    target: str  # "cpu", "trt" or "openvino"
     artifacts: list[Path]
     manifest: Path
     images: int
@@ -120,7 +121,8 @@ def load_calibration_set(cfg: DeployConfig, *, source: Optional[str] = None, num
 def _versions() -> dict:
     env = probe()
     return {"paddle": env.paddle_version, "paddleslim": env.paddleslim_version,
-            "tensorrt": ".".join(map(str, env.trt_runtime_version)) if env.trt_compiled else None}
+            "tensorrt": ".".join(map(str, env.trt_runtime_version)) if env.trt_compiled else None,
+            "openvino": env.openvino_version}
 
 
 def _manifest_entry(cfg: DeployConfig, files: ModelFiles, calib: CalibrationSet, algo: str, backend: str,
@@ -172,6 +174,8 @@ def calibrate(cfg: DeployConfig, *, images: Optional[str] = None, num_images: Op
     start = time.perf_counter()
     if backend == "trt":
         result = _calibrate_trt(cfg, files, calib, quiet)
+    elif backend == "openvino":
+        result = _calibrate_openvino(cfg, files, calib, quiet)
     else:
         result = _calibrate_cpu(cfg, files, calib, output_dir or cfg.calibration.output_dir, quiet)
     result.seconds = time.perf_counter() - start
@@ -314,3 +318,55 @@ def _calibrate_cpu(cfg: DeployConfig, files: ModelFiles, calib: CalibrationSet, 
     log.info("wrote quantized model %s (%d tensors with scales)", final, len(scales))
     return CalibrationResult("cpu", installed, manifest, calib.count, 0.0)
 
+
+
+# ---------------------------------------------------------------- OpenVINO: NNCF post-training quantization
+
+
+def openvino_int8_dir(files: ModelFiles) -> Path:
+    """Where the NNCF-quantized OpenVINO IR goes: <model dir>/_opt_cache/int8_openvino."""
+    return cache.opt_cache_dir(files) / "int8_openvino"
+
+
+def _nncf_quantize(files: ModelFiles, calib: CalibrationSet, settings: NncfConfig, out_xml: Path,
+                   quiet: bool) -> None:
+    """nncf.quantize over the calibration feeds (the same batches as every other target), saved as IR."""
+    import nncf
+    import openvino as ov
+
+    model = ov.Core().read_model(str(files.program))
+    input_names = [port.get_any_name() for port in model.inputs]
+    feeds = list(tqdm(calib.feeds(input_names), total=len(calib.batches), disable=quiet, unit="batch",
+                      desc="feeds", leave=False))
+    ignored = nncf.IgnoredScope(names=list(settings.ignored_scope)) if settings.ignored_scope else None
+    preset = {"performance": nncf.QuantizationPreset.PERFORMANCE, "mixed": nncf.QuantizationPreset.MIXED}
+    with contextlib.ExitStack() as stack:
+        if quiet:  # NNCF draws its own progress bars on stdout
+            nncf.set_log_level(logging.ERROR)
+            stack.enter_context(contextlib.redirect_stdout(io.StringIO()))
+            stack.enter_context(native_stderr_to_log())
+        quantized = nncf.quantize(model, nncf.Dataset(feeds), preset=preset[settings.preset],
+                                  fast_bias_correction=settings.fast_bias_correction, subset_size=len(feeds),
+                                  **({"ignored_scope": ignored} if ignored else {}))
+    ov.save_model(quantized, str(out_xml))
+
+
+def _calibrate_openvino(cfg: DeployConfig, files: ModelFiles, calib: CalibrationSet,
+                        quiet: bool) -> CalibrationResult:
+    final = openvino_int8_dir(files)
+    staged = cache.staging_dir(final)
+    try:
+        _nncf_quantize(files, calib, cfg.calibration.nncf, staged / "model.xml", quiet)
+        artifacts = [staged / "model.xml", staged / "model.bin"]
+        entry = {**_manifest_entry(cfg, files, calib, "nncf", "openvino", final, artifacts),
+                 "nncf": {"preset": cfg.calibration.nncf.preset,
+                          "fast_bias_correction": cfg.calibration.nncf.fast_bias_correction,
+                          "ignored_scope": cfg.calibration.nncf.ignored_scope}}
+        cache.replace_dir(staged, final)
+    except BaseException:
+        shutil.rmtree(staged, ignore_errors=True)
+        raise
+    manifest = cache.write_manifest_entry(files, "openvino", entry)
+    installed = [final / p.name for p in artifacts]
+    log.info("wrote OpenVINO INT8 model %s", final)
+    return CalibrationResult("openvino", installed, manifest, calib.count, 0.0)
