@@ -84,8 +84,8 @@ class TrtConfig:
 class OpenVinoConfig:
     """OpenVINO engine settings (runtime.backend: openvino; threads come from runtime.cpu_threads)."""
 
-    # latency: one request at a time, all cores on it; throughput: streams for many parallel requests;
-    # auto: latency for batch 1, throughput for bigger batches
+    # latency: all cores on one request; throughput: streams for many parallel requests. auto = latency: the
+    # tools run one synchronous request at a time, which throughput's streams slow down (README, Engines)
     performance_hint: Literal["auto", "latency", "throughput"] = "auto"
 
 
