@@ -6,6 +6,7 @@ calibration image list, and every INT8 run checks them before trusting an artifa
 """
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import datetime as _dt
 import hashlib
@@ -15,7 +16,7 @@ import os
 import shutil
 import tempfile
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, Optional
+from typing import TYPE_CHECKING, Any, Iterator, Optional
 
 from deploy.config.loader import DeployConfig
 from deploy.data.pipeline import ops_fingerprint
@@ -85,6 +86,18 @@ def replace_dir(staged: Path, final: Path) -> None:
     os.replace(staged, final)
     if old is not None:
         shutil.rmtree(old, ignore_errors=True)
+
+
+@contextlib.contextmanager
+def staged_dir(final: Path) -> Iterator[Path]:
+    """A scratch dir beside ``final``: moved into place when the block completes, removed when it fails."""
+    staged = staging_dir(final)
+    try:
+        yield staged
+        replace_dir(staged, final)
+    except BaseException:
+        shutil.rmtree(staged, ignore_errors=True)
+        raise
 
 
 def sha256_file(path: Path) -> str:

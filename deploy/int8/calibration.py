@@ -298,8 +298,7 @@ def _calibrate_cpu(cfg: DeployConfig, files: ModelFiles, calib: CalibrationSet, 
                    quiet: bool) -> CalibrationResult:
     algo = cfg.calibration.algo
     final = cpu_int8_dir(cfg, files, output_dir)
-    staged = cache.staging_dir(final)
-    try:
+    with cache.staged_dir(final) as staged:
         skip = (image_convs(files) if cfg.calibration.keep_image_conv_fp32 else []) + cfg.calibration.skip_tensors
         _quantize_post_static(files, calib, cfg.calibration, staged, quiet, skip)
         quantized = ModelFiles(staged / "inference.pdmodel", staged / "inference.pdiparams")
@@ -309,10 +308,6 @@ def _calibrate_cpu(cfg: DeployConfig, files: ModelFiles, calib: CalibrationSet, 
         entry = {**_manifest_entry(cfg, files, calib, algo, "paddle-ptq-onednn", final, artifacts),
                  "fp32_tensors": skip, "observe_all_ops": cfg.calibration.observe_all_ops,
                  "quantize_op_types": cfg.calibration.quantize_op_types}
-        cache.replace_dir(staged, final)
-    except BaseException:
-        shutil.rmtree(staged, ignore_errors=True)
-        raise
     manifest = cache.write_manifest_entry(files, "cpu", entry)
     installed = [final / p.name for p in artifacts]
     log.info("wrote quantized model %s (%d tensors with scales)", final, len(scales))
@@ -354,18 +349,13 @@ def _nncf_quantize(files: ModelFiles, calib: CalibrationSet, settings: NncfConfi
 def _calibrate_openvino(cfg: DeployConfig, files: ModelFiles, calib: CalibrationSet,
                         quiet: bool) -> CalibrationResult:
     final = openvino_int8_dir(files)
-    staged = cache.staging_dir(final)
-    try:
+    with cache.staged_dir(final) as staged:
         _nncf_quantize(files, calib, cfg.calibration.nncf, staged / "model.xml", quiet)
         artifacts = [staged / "model.xml", staged / "model.bin"]
         entry = {**_manifest_entry(cfg, files, calib, "nncf", "openvino", final, artifacts),
                  "nncf": {"preset": cfg.calibration.nncf.preset,
                           "fast_bias_correction": cfg.calibration.nncf.fast_bias_correction,
                           "ignored_scope": cfg.calibration.nncf.ignored_scope}}
-        cache.replace_dir(staged, final)
-    except BaseException:
-        shutil.rmtree(staged, ignore_errors=True)
-        raise
     manifest = cache.write_manifest_entry(files, "openvino", entry)
     installed = [final / p.name for p in artifacts]
     log.info("wrote OpenVINO INT8 model %s", final)
