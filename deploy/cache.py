@@ -1,4 +1,5 @@
-"""The one cache writer: atomic file writes, the calibration provenance manifest, and INT8 artifact lookup.
+"""The one cache writer: atomic file writes, the calibration provenance manifest and its checks, the engine-cache
+guard. (Which INT8 artifact a run uses is decided in engines/plan.py, from this manifest.)
 
 Paddle-TRT's own cache keys hash tensor names, batch size and precision, not the weights, so a retrained
 model would silently reuse a stale table. Ours record sha256 of the model files, the preprocess ops and the
@@ -16,15 +17,13 @@ import os
 import shutil
 import tempfile
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, Iterator, Optional
+from typing import Any, Iterator, Optional
 
 from deploy.config.loader import DeployConfig
 from deploy.data.pipeline import ops_fingerprint
 from deploy.engines.model import ModelFiles
 from deploy.errors import CalibrationError
 
-if TYPE_CHECKING:  # the plan module reads INT8 artifacts through this one
-    from deploy.engines.plan import Int8Mode, PredictorPlan
 
 log = logging.getLogger(__name__)
 
@@ -161,7 +160,8 @@ def calibrate_command(cfg: DeployConfig) -> str:
     return f"python tools/calibrate.py -c {cfg.source}{backend}"
 
 
-def _rerun(cfg: DeployConfig) -> str:
+def rerun_hint(cfg: DeployConfig) -> str:
+    """'rerun: <the calibrate command>', for stale-artifact errors."""
     return f"rerun: {calibrate_command(cfg)}"
 
 
@@ -171,13 +171,13 @@ def check_fresh(entry: dict, files: ModelFiles, cfg: DeployConfig) -> None:
     now = model_fingerprint(files)
     if (now["program_sha256"], now["params_sha256"]) != (entry["model"]["program_sha256"],
                                                           entry["model"]["params_sha256"]):
-        raise CalibrationError(f"calibration is stale: model changed since {when}; {_rerun(cfg)}")
+        raise CalibrationError(f"calibration is stale: model changed since {when}; {rerun_hint(cfg)}")
     if ops_fingerprint(cfg.preprocess) != entry.get("preprocess_sha256"):
-        raise CalibrationError(f"calibration is stale: preprocess changed since {when}; {_rerun(cfg)}")
+        raise CalibrationError(f"calibration is stale: preprocess changed since {when}; {rerun_hint(cfg)}")
     if entry.get("settings_sha256") not in (None, calibration_settings_fingerprint(cfg)):
         # Still a valid calibration of this model, only not the one the config now asks for.
         log.warning("the calibration section of %s changed since the calibration of %s; the old artifacts are "
-                    "used until you %s", cfg.source, when, _rerun(cfg))
+                    "used until you %s", cfg.source, when, rerun_hint(cfg))
 
 
 def calibration_settings_fingerprint(cfg: DeployConfig) -> str:
@@ -186,27 +186,18 @@ def calibration_settings_fingerprint(cfg: DeployConfig) -> str:
     return sha256_text(json.dumps(settings, sort_keys=True))
 
 
-def _check_artifacts(entry: dict, cfg: DeployConfig) -> list[Path]:
+def check_artifacts(entry: dict, cfg: DeployConfig) -> list[Path]:
+    """The artifact paths of a manifest entry, after checking each exists and matches its recorded hash."""
     art_dir = Path(entry["artifacts"]["dir"])
     expected = entry["artifacts"]["files"]
     paths = [art_dir / name for name in expected]
     missing = [p for p in paths if not p.is_file()]
     if missing:
-        raise CalibrationError(f"calibration artifact missing: {missing[0]}; {_rerun(cfg)}")
+        raise CalibrationError(f"calibration artifact missing: {missing[0]}; {rerun_hint(cfg)}")
     if artifact_fingerprint(paths) != expected:
         raise CalibrationError(f"calibration artifacts in {art_dir} do not match the manifest written "
-                               f"{entry.get('created')} (interrupted or edited); {_rerun(cfg)}")
+                               f"{entry.get('created')} (interrupted or edited); {rerun_hint(cfg)}")
     return paths
-
-
-def trt_table_dir(plan: "PredictorPlan") -> Path:
-    """Where Paddle-TRT READS calibration tables: the cache dir when set, else the model's _opt_cache."""
-    return plan.runtime.trt.cache_dir or opt_cache_dir(plan.model)
-
-
-def engine_cache_dir(plan: "PredictorPlan") -> Path:
-    """Where Paddle-TRT reads and writes serialized engines (use_static): the same dir as its tables."""
-    return trt_table_dir(plan)
 
 
 def _same_model(a: Optional[dict], b: dict) -> bool:
@@ -239,29 +230,3 @@ def guard_engine_cache(files: ModelFiles, cache_dir: Path) -> list[Path]:
                                     "created": _dt.datetime.now().astimezone().isoformat(timespec="seconds"),
                                     "model": now})
     return stale
-
-
-def int8_artifacts(cfg: DeployConfig, plan: "PredictorPlan", *, calibrating: bool) -> tuple[ModelFiles, "Int8Mode"]:
-    """The model files and INT8 mode for a non-quantized model, after checking our calibration is fresh."""
-    target = {"trt": "trt", "openvino": "openvino"}.get(plan.backend, "cpu")
-    if target == "trt" and calibrating:
-        return plan.model, "calibrate"
-    entry = read_manifest(plan.model)["targets"].get(target)
-    if entry is None:
-        raise CalibrationError(
-            f"INT8 on {plan.device}/{plan.backend} needs calibration or a quantized model, and {plan.model.dir} has "
-            f"no {target} calibration; run: {calibrate_command(cfg)} (or point model.dir at a "
-            "PaddleSlim-quantized model)")
-    check_fresh(entry, plan.model, cfg)
-    paths = _check_artifacts(entry, cfg)
-    if target == "trt":
-        table_dir = trt_table_dir(plan)
-        if not any((table_dir / p.name).is_file() for p in paths):
-            raise CalibrationError(f"no TensorRT calibration table in {table_dir} (runtime.trt.cache_dir changed "
-                                   f"since calibration?); {_rerun(cfg)}")
-        return plan.model, "table"
-    if target == "openvino":
-        program = next(p for p in paths if p.suffix == ".xml")
-        return ModelFiles(program, program.with_suffix(".bin")), "quantized"
-    program = next(p for p in paths if p.suffix in (".pdmodel", ".json"))
-    return ModelFiles(program, program.with_suffix(".pdiparams")), "quantized"

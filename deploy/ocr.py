@@ -2,7 +2,6 @@
 the images carry PaddleOCR det labels (polygons with transcriptions)."""
 from __future__ import annotations
 
-import datetime as _dt
 import logging
 import time
 from dataclasses import dataclass, field
@@ -18,7 +17,7 @@ from deploy.config.loader import OcrSystemConfig
 from deploy.data.pipeline import read_image
 from deploy.data.sources import ImageItem, list_images
 from deploy.errors import ConfigError, DataError
-from deploy.report.report import REPORT_FORMAT, environment_info, write_report
+from deploy.report.report import report_header, write_report
 from deploy.tasks.base import Metrics
 from deploy.tasks.ocr_det import parse_det_label
 from deploy.tasks.ocr_system import OcrLines, OcrSystem, agreement, end_to_end
@@ -169,8 +168,7 @@ def compare_systems(runs: list[tuple[str, OcrSystemConfig]], *, images: Optional
         results.append({"label": label, **summary.metrics,
                         "agreement": agreement([lines for _, lines in summary.results], reference),
                         "seconds": round(summary.seconds, 4)})
-    data = {"format": REPORT_FORMAT, "created": _dt.datetime.now().astimezone().isoformat(timespec="seconds"),
-            "environment": environment_info(), "task": "ocr_system", "reference": runs[0][0],
+    data = {**report_header("ocr_system"), "reference": runs[0][0],
             "runs": [{"label": label, "config": str(cfg.source), "precision": summary.stages, "device": "cpu",
                       "backend": "paddle", "int8_mode": None, "model": str(cfg.det.config),
                       "plan": summary.stages} for label, cfg, summary in summaries],

@@ -227,11 +227,18 @@ def data_build_main(argv: list[str] | None, *, description: str, default_out: Pa
                                            quiet=args.quiet), quiet=args.quiet)
     if code:
         return code
+    print_build_result(out_dir, result)
+    return 0
+
+
+def print_build_result(out_dir: Path, result: dict[str, Any], notes: tuple[str, ...] = ()) -> None:
+    """What a build did (or that it was up to date), any notes, and where the model and data are."""
     if result["built"]:
         print(f"built {' and '.join(result['built'])} in {result['seconds']} s")
     else:
         print(f"{out_dir} is up to date (use --force to rebuild)")
+    for note in notes:
+        print(note)
     print(f"model: {out_dir / 'inference' / MODEL_FILES[0]}")
     sizes = ", ".join(f"{split} {n}" for split, n in result["counts"].items())
     print(f"data:  {out_dir / 'data'} ({sizes}, seed {result['seed']})")
-    return 0

@@ -283,7 +283,6 @@ class ImageRecord:
 
     src_hw: tuple[int, int]  # the decoded image's height and width
     resized_hw: tuple[int, int]  # after the last resize, before any crop or pad
-    shape: tuple[int, ...]  # the preprocessed array (before batch padding)
 
     @property
     def scale_hw(self) -> tuple[float, float]:
@@ -315,7 +314,7 @@ class ImagePipeline:
             if isinstance(op, _RESIZES):
                 resized_hw = img.shape[:2]
         array = img.astype(np.float32, copy=False)
-        return array, ImageRecord(tuple(src_hw), tuple(resized_hw), array.shape)
+        return array, ImageRecord(tuple(src_hw), tuple(resized_hw))
 
     def batch(self, arrays: list[np.ndarray]) -> np.ndarray:
         """Stack preprocessed images: all must share one shape, unless batch_pad pads them to the largest."""

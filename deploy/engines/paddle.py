@@ -13,7 +13,7 @@ import numpy as np
 
 from deploy import cache
 from deploy.engines.model import inspect_model
-from deploy.engines.plan import PredictorPlan, check_feeds, shape_file
+from deploy.engines.plan import PredictorPlan, check_feeds, engine_cache_dir, shape_file
 from deploy.errors import ModelError
 
 log = logging.getLogger(__name__)
@@ -48,7 +48,7 @@ def _configure_trt(config: Any, plan: PredictorPlan) -> None:
         config.enable_tuned_tensorrt_dynamic_shape(
             shape_range_info_path=str(shape_file(plan)), allow_build_at_runtime=shapes.allow_build_at_runtime)
     if trt.cache_dir is not None or trt.use_static:
-        config.set_optim_cache_dir(str(cache.engine_cache_dir(plan)))
+        config.set_optim_cache_dir(str(engine_cache_dir(plan)))
 
 
 def _configure_gpu(config: Any, plan: PredictorPlan) -> None:
@@ -127,7 +127,7 @@ class Predictor:
 
         self.plan = plan
         if plan.backend == "trt" and plan.collect_shapes is None and plan.runtime.trt.use_static:
-            cache.guard_engine_cache(plan.model, cache.engine_cache_dir(plan))
+            cache.guard_engine_cache(plan.model, engine_cache_dir(plan))
         try:
             with native_stderr_to_log():
                 self._predictor = pi.create_predictor(build_predictor_config(plan))

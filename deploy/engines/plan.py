@@ -67,7 +67,7 @@ def resolve_plan(cfg: DeployConfig, *, env: Optional[Environment] = None, quiet:
         return plan
     if info.quantized:
         return replace(plan, int8_mode="quantized")
-    int8_files, mode = cache.int8_artifacts(cfg, plan, calibrating=calibrating)
+    int8_files, mode = int8_artifacts(cfg, plan, calibrating=calibrating)
     return replace(plan, model=int8_files, int8_mode=mode)
 
 
@@ -180,3 +180,39 @@ def check_shape_file(cfg: DeployConfig, plan: "PredictorPlan") -> Path:
             raise CalibrationError(f"shape ranges in {path} are stale: the model changed since "
                                    f"{entry.get('created', 'they were collected')}; {rerun}")
     return path
+
+
+def trt_table_dir(plan: PredictorPlan) -> Path:
+    """Where Paddle-TRT READS calibration tables: the cache dir when set, else the model's _opt_cache."""
+    return plan.runtime.trt.cache_dir or cache.opt_cache_dir(plan.model)
+
+
+def engine_cache_dir(plan: PredictorPlan) -> Path:
+    """Where Paddle-TRT reads and writes serialized engines (use_static): the same dir as its tables."""
+    return trt_table_dir(plan)
+
+
+def int8_artifacts(cfg: DeployConfig, plan: PredictorPlan, *, calibrating: bool) -> tuple[ModelFiles, Int8Mode]:
+    """The model files and INT8 mode for a non-quantized model, after checking our calibration is fresh."""
+    target = {"trt": "trt", "openvino": "openvino"}.get(plan.backend, "cpu")
+    if target == "trt" and calibrating:
+        return plan.model, "calibrate"
+    entry = cache.read_manifest(plan.model)["targets"].get(target)
+    if entry is None:
+        raise CalibrationError(
+            f"INT8 on {plan.device}/{plan.backend} needs calibration or a quantized model, and {plan.model.dir} has "
+            f"no {target} calibration; run: {cache.calibrate_command(cfg)} (or point model.dir at a "
+            "PaddleSlim-quantized model)")
+    cache.check_fresh(entry, plan.model, cfg)
+    paths = cache.check_artifacts(entry, cfg)
+    if target == "trt":
+        table_dir = trt_table_dir(plan)
+        if not any((table_dir / p.name).is_file() for p in paths):
+            raise CalibrationError(f"no TensorRT calibration table in {table_dir} (runtime.trt.cache_dir changed "
+                                   f"since calibration?); {cache.rerun_hint(cfg)}")
+        return plan.model, "table"
+    if target == "openvino":
+        program = next(p for p in paths if p.suffix == ".xml")
+        return ModelFiles(program, program.with_suffix(".bin")), "quantized"
+    program = next(p for p in paths if p.suffix in (".pdmodel", ".json"))
+    return ModelFiles(program, program.with_suffix(".pdiparams")), "quantized"

@@ -26,7 +26,7 @@ from deploy.env import default_device, probe, support_reason
 from deploy.errors import CalibrationError, DataError, UnsupportedError
 from deploy.engines.model import ModelFiles, ensure_model, inspect_model, quant_scales
 from deploy.engines.paddle import Predictor, native_stderr_to_log
-from deploy.engines.plan import resolve_plan, shape_file
+from deploy.engines.plan import resolve_plan, shape_file, trt_table_dir
 from deploy.data.pipeline import ImagePipeline, ops_fingerprint
 from deploy.tasks.base import Task
 from deploy.tasks.registry import build_task
@@ -211,7 +211,7 @@ def _calibrate_trt(cfg: DeployConfig, files: ModelFiles, calib: CalibrationSet, 
                 f"Paddle-TRT wrote no calibration table after {len(calib.batches)} batches. Known causes: no op "
                 "ran in a TensorRT subgraph (lower runtime.trt.min_subgraph_size, check runtime.trt.disabled_ops),"
                 " the predictor was not destroyed, or the GPU ran out of memory")
-        table_dir = cache.trt_table_dir(plan)
+        table_dir = trt_table_dir(plan)
         installed = [table_dir / t.name for t in tables]
         for src, dst in zip(tables, installed):
             cache.atomic_write_bytes(dst, src.read_bytes())

@@ -84,13 +84,16 @@ def run_info(run: Run) -> dict:
             "model": str(plan.model.program), "plan": plan.describe()}
 
 
+def report_header(task: str) -> dict:
+    """The keys every report starts with: format, when, on what, which task."""
+    return {"format": REPORT_FORMAT, "created": _dt.datetime.now().astimezone().isoformat(timespec="seconds"),
+            "environment": environment_info(), "task": task}
+
+
 def report_data(runs: Sequence[Run], accuracy: Any = None, speed: Any = None, sweep: Optional[dict] = None) -> dict:
     """The report as JSON-ready data (keys documented in the README, 'format' bumps on breaking changes)."""
     return {
-        "format": REPORT_FORMAT,
-        "created": _dt.datetime.now().astimezone().isoformat(timespec="seconds"),
-        "environment": environment_info(),
-        "task": runs[0].task.name,
+        **report_header(runs[0].task.name),
         "reference": runs[0].label,
         "runs": [run_info(r) for r in runs],
         "accuracy": accuracy.to_json() if accuracy is not None else None,

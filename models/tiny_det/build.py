@@ -52,7 +52,8 @@ import numpy as np  # noqa: E402
 from tqdm import tqdm  # noqa: E402
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # models/: helpers shared by the build scripts
-from buildkit import BuildError, positive_int, read_marker, remove_leftovers, replace_dir, run_build, setup_logging  # noqa: E402,E501
+from buildkit import (BuildError, positive_int, print_build_result, read_marker, remove_leftovers, replace_dir,  # noqa: E402
+                      run_build, setup_logging)
 
 if TYPE_CHECKING:  # paddle (~3 s to import) is loaded only when there is work to do
     import paddle
@@ -514,17 +515,10 @@ def main(argv: list[str] | None = None) -> int:
                                            seed=args.seed, force=args.force, quiet=args.quiet), quiet=args.quiet)
     if code:
         return code
-    if result["built"]:
-        print(f"built {' and '.join(result['built'])} in {result['seconds']} s")
-    else:
-        print(f"{out_dir} is up to date (use --force to rebuild)")
     fp32 = result["fp32_test"]
-    if fp32:
-        print(f"FP32 on test ({fp32['images']} images, {fp32['objects']} boxes): mAP@[.5:.95] {fp32['map']:.3f}, "
-              f"mAP@.5 {fp32['map50']:.3f}")
-    print(f"model: {out_dir / 'inference' / MODEL_FILES[0]}")
-    print(f"data:  {out_dir / 'data'} (test {result['counts']['test']}, calib {result['counts']['calib']}, "
-          f"seed {result['seed']})")
+    notes = (f"FP32 on test ({fp32['images']} images, {fp32['objects']} boxes): mAP@[.5:.95] {fp32['map']:.3f}, "
+             f"mAP@.5 {fp32['map50']:.3f}",) if fp32 else ()
+    print_build_result(out_dir, result, notes)
     return 0
 
 
