@@ -97,6 +97,9 @@ def add_benchmark_args(parser: argparse.ArgumentParser) -> None:
                                                              "(default: runtime.batch_size)")
     group.add_argument("--warmup", type=int, default=10, help="untimed runs per predictor (default: 10)")
     group.add_argument("--iters", type=int, default=100, help="timed iterations per run (default: 100)")
+    group.add_argument("--budget", type=float, metavar="POINTS",
+                       help="accuracy loss allowed vs the reference, in points of the task's metric, e.g. 0.5: "
+                            "names the fastest run within it at each batch size (needs labelled images)")
 
 
 def int_list(text: Optional[str], option: str) -> list[int]:

@@ -13,7 +13,7 @@ from tqdm import tqdm
 from deploy.cache import atomic_write_json
 from deploy.config.loader import DeployConfig
 from deploy.data.pipeline import ImagePipeline
-from deploy.data.sources import IMAGE_SUFFIXES, ImageItem, iter_batches, list_images
+from deploy.data.sources import IMAGE_SUFFIXES, ImageItem, Loading, iter_batches, list_images
 from deploy.engines.factory import create_predictor
 from deploy.engines.plan import resolve_plan
 from deploy.errors import DataError
@@ -71,7 +71,7 @@ def run_inference(cfg: DeployConfig, *, images: Optional[str] = None, output: Op
             tqdm(total=len(items), disable=quiet, unit="img", desc="infer") as bar:
         start = time.perf_counter()
         for batch in iter_batches(items, ImagePipeline(cfg.preprocess), cfg.runtime.batch_size,
-                                  None if single else skip, bar.update):
+                                  None if single else skip, bar.update, Loading.of(cfg.runtime)):
             done.extend(zip(batch.items, task.predict(predictor, batch)))
         seconds = time.perf_counter() - start
     done.sort(key=lambda pair: pair[0].index)  # batches group equal shapes: back to input order

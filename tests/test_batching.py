@@ -1,10 +1,13 @@
 """Batching images of different preprocessed shapes (models with dynamic H/W): grouped by shape, or padded."""
+import itertools
+import threading
+
 import cv2
 import numpy as np
 import pytest
 
 from deploy.config.loader import load_config
-from deploy.data.sources import ImageItem, iter_batches, list_images
+from deploy.data.sources import ImageItem, Loading, iter_batches, list_images, prefetch
 from deploy.errors import ConfigError, DataError
 from deploy.data.pipeline import BatchPad, Decode, ImagePipeline, Normalize, ResizeKeepRatio, ToCHW
 from conftest import write_config
@@ -73,3 +76,47 @@ def test_unreadable_images_are_skipped_between_groups(mixed_widths, tmp_path):
                                 on_skip=lambda item, e: skipped.append(item)))
     assert skipped == [ImageItem(bad)] and sum(len(b.items) for b in batches) == 2
     assert list_images(tmp_path)  # the folder listing is unchanged by batching
+
+
+@pytest.mark.parametrize("loading", [Loading(prefetch=2, threads=1), Loading(prefetch=1, threads=3),
+                                     Loading(prefetch=0, threads=2)])
+def test_prefetch_and_decode_threads_change_neither_results_nor_order(mixed_widths, tmp_path, loading):
+    items, _ = mixed_widths
+    bad = tmp_path / "bad.png"
+    bad.write_text("not an image")
+    items = [*items[:3], ImageItem(bad), *items[3:]] * 3
+    pipeline = ImagePipeline(ocr_ops(BatchPad(value=0.0)))
+
+    def run(how):
+        skipped, seen = [], []
+        batches = list(iter_batches(items, pipeline, 2, lambda item, e: skipped.append(item), seen.append, how))
+        return [[i.path.name for i in b.items] for b in batches], [b.array for b in batches], skipped, sum(seen)
+
+    names, arrays, skipped, seen = run(Loading())
+    names_p, arrays_p, skipped_p, seen_p = run(loading)
+    assert names_p == names and skipped_p == skipped == [ImageItem(bad)] * 3 and seen_p == seen == len(items)
+    assert all(np.array_equal(a, b) for a, b in zip(arrays, arrays_p))
+
+
+def test_prefetch_raises_the_error_where_it_happened_and_stops_when_closed(mixed_widths, tmp_path):
+    items, _ = mixed_widths
+    bad = tmp_path / "bad.png"
+    bad.write_text("not an image")
+    stream = iter_batches([items[0], items[2], ImageItem(bad)], ImagePipeline(ocr_ops()), 1,
+                          loading=Loading(prefetch=2))
+    assert [i.path.name for i in next(stream).items] == ["0.png"]
+    with pytest.raises(DataError, match="bad.png"):
+        list(stream)
+
+    pulled = []
+
+    def endless():
+        for i in itertools.count():
+            pulled.append(i)
+            yield i
+
+    before = threading.active_count()
+    ahead = prefetch(endless(), 3)
+    assert [next(ahead) for _ in range(5)] == list(range(5))
+    ahead.close()  # joins the producer thread
+    assert threading.active_count() == before and len(pulled) <= 5 + 3 + 1

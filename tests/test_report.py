@@ -21,10 +21,11 @@ from deploy.report.runs import parse_compare, run_specs
 PER_CLASS = 10
 SWEEP = (32, 64)
 BENCH = {"batch_sizes": [1, 4], "warmup": 1, "iters": 3}
+BUDGET = 0.5
 
 # The documented report.json keys (README, "report.json keys"): this test is their contract.
 TOP_KEYS = {"format", "created", "environment", "task", "reference", "runs", "accuracy", "calibration_sweep",
-            "benchmark", "files"}
+            "benchmark", "budget", "files"}
 ENV_KEYS = {"python", "paddle", "paddleslim", "tensorrt", "onednn", "cpu", "cpu_count", "gpus"}
 RUN_KEYS = {"label", "config", "precision", "device", "backend", "int8_mode", "model", "plan"}
 ACCURACY_KEYS = {"task", "columns", "source", "images", "labelled", "skipped", "batch_size", "reference", "results"}
@@ -74,7 +75,8 @@ def full_report(setup):
     result = run_tool("eval", "-c", setup["cfg"], "--precisions", "fp32,int8", "--compare", f"ptq={setup['qcfg']}:int8",
                       "--image", setup["images"], "--calib-sweep", ",".join(map(str, SWEEP)), "--benchmark",
                       "--batch-sizes", ",".join(map(str, BENCH["batch_sizes"])), "--warmup", str(BENCH["warmup"]),
-                      "--iters", str(BENCH["iters"]), "--output-dir", out, "--quiet", check=True)
+                      "--iters", str(BENCH["iters"]), "--budget", str(BUDGET), "--output-dir", out, "--quiet",
+                      check=True)
     return {"result": result, "data": json.loads((out / "report.json").read_text()), "out": out,
             "before": before, "after": snapshot(setup["model"])}
 
@@ -143,13 +145,31 @@ def test_benchmark_measured_every_field(full_report):
         assert set(lat) == LATENCY_KEYS and set(e["e2e_latency_ms"]) == LATENCY_KEYS
         assert 0 < lat["min"] <= lat["p50"] <= lat["p90"] <= lat["p99"] <= lat["max"]
         assert len(e["samples_ms"]) == len(e["e2e_samples_ms"]) == BENCH["iters"]
-        assert all(t >= s for s, t in zip(e["samples_ms"], e["e2e_samples_ms"]))  # e2e includes the run
+        assert min(e["samples_ms"]) > 0 and min(e["e2e_samples_ms"]) > 0  # two passes: e2e overlaps decoding
         assert e["throughput_ips"] == pytest.approx(e["batch_size"] * 1000 / lat["p50"])
         assert e["first_run_ms"] >= e["build_ms"] > 0 and e["peak_rss_mb"] > 0 and e["rss_added_mb"] >= 0
         assert e["gpu_memory_mb"] is None and e["threads"] >= 1
         assert e["throughput_ratio"] > 0 and e["e2e_throughput_ratio"] > 0
         if e["label"] == "fp32":
             assert e["throughput_ratio"] == e["e2e_throughput_ratio"] == 1.0
+
+
+def test_budget_names_the_fastest_run_within_the_loss(full_report):
+    data = full_report["data"]
+    budget, bench = data["budget"], data["benchmark"]
+    top1 = {r["label"]: r["top1"] for r in data["accuracy"]["results"]}
+    loss = {label: 100 * (top1["fp32"] - value) for label, value in top1.items()}
+    assert budget["points"] == BUDGET and budget["metric"] == "top1" and budget["reference"] == "fp32"
+    assert budget["loss_points"] == pytest.approx(loss)
+    within = {label for label, points in loss.items() if points <= BUDGET + 1e-9}
+    assert "fp32" in within and set(budget["over_budget"]) == set(loss) - within
+    assert [c["batch_size"] for c in budget["fastest"]] == BENCH["batch_sizes"]
+    for choice in budget["fastest"]:
+        entries = [e for e in bench["results"] if e["batch_size"] == choice["batch_size"] and e["label"] in within]
+        fastest = max(entries, key=lambda e: e["throughput_ips"])
+        assert choice["label"] == fastest["label"] and choice["throughput_ratio"] == fastest["throughput_ratio"]
+    assert "fastest within 0.5 pt of fp32 top-1" in full_report["result"].stdout
+    assert "## Fastest within the accuracy budget" in (full_report["out"] / "report.md").read_text()
 
 
 def test_calibration_sweep_recalibrates_in_scratch_only(full_report, setup):
@@ -184,7 +204,7 @@ def test_benchmark_tool_alone(setup):
                       "--warmup", "0", "--threads", "1", "--image", setup["images"], "--output-dir", out, "--quiet",
                       check=True)
     data = json.loads((out / "report.json").read_text())
-    assert data["accuracy"] is None and data["calibration_sweep"] is None
+    assert data["accuracy"] is None and data["calibration_sweep"] is None and data["budget"] is None
     assert [(e["label"], e["threads"]) for e in data["benchmark"]["results"]] == [("fp32", 1), ("int8", 1)]
     assert set(data["files"]["plots"]) == {"throughput", "latency_cdf"} and not (out / "accuracy.png").exists()
     assert "fp32" in result.stdout and "int8" in result.stdout
@@ -201,6 +221,20 @@ def test_cli_errors_are_one_line(setup, tmp_path):
     assert sweep.returncode == 2 and "already quantized" in error_line(sweep)
     sizes = run_tool("benchmark", "-c", setup["cfg"], "--batch-sizes", "0,8")
     assert sizes.returncode == 2 and "--batch-sizes '0,8'" in error_line(sizes)
+    budget = run_tool("eval", "-c", setup["cfg"], "--precisions", "fp32", "--budget", "0.5")
+    assert budget.returncode == 2 and "--budget" in error_line(budget) and "add --benchmark" in error_line(budget)
+    negative = run_tool("benchmark", "-c", setup["cfg"], "--budget", "-1")
+    assert negative.returncode == 2 and "must be >= 0" in error_line(negative)
+
+
+def test_benchmark_budget_scores_the_runs_it_times(setup):
+    out = setup["root"] / "bench_budget"
+    run_tool("benchmark", "-c", setup["cfg"], "--precisions", "fp32,int8", "--batch-sizes", "2", "--iters", "2",
+             "--warmup", "0", "--image", setup["images"], "--budget", "100", "--output-dir", out, "--quiet",
+             check=True)
+    data = json.loads((out / "report.json").read_text())
+    assert [r["label"] for r in data["accuracy"]["results"]] == ["fp32", "int8"]
+    assert data["budget"]["over_budget"] == [] and len(data["budget"]["fastest"]) == 1
 
 
 def test_run_specs_reference_first_and_labels_unique():

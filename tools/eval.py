@@ -35,7 +35,8 @@ def main(argv=None):
     report = precision_report(
         runs=run_specs_from_args(args),
         evaluation=EvalOptions(args.image, args.limit, int_list(args.calib_sweep, "--calib-sweep")),
-        benchmark=bench if args.benchmark else None, output_dir=args.output_dir, quiet=args.quiet)
+        benchmark=bench if args.benchmark else None, budget=args.budget, output_dir=args.output_dir,
+        quiet=args.quiet)
     print(report.console())
     if args.output_dir:
         print(f"report: {Path(args.output_dir) / 'report.md'}")

@@ -101,6 +101,10 @@ class RuntimeConfig:
     gpu_mem_mb: int = 500
     gpu_id: int = 0
     ir_optim: bool = True
+    # decode + preprocess overlap inference: this many batches are prepared ahead in a background thread
+    # (0 = on the calling thread), each image decoded by one of decode_threads (README, CPU performance)
+    prefetch_batches: int = 2
+    decode_threads: int = 1
     trt: TrtConfig = field(default_factory=TrtConfig)
     openvino: OpenVinoConfig = field(default_factory=OpenVinoConfig)
 
@@ -109,6 +113,9 @@ class RuntimeConfig:
             raise ValueError(f"'runtime.batch_size' must be >= 1, got {self.batch_size}")
         if self.cpu_threads < 0:
             raise ValueError(f"'runtime.cpu_threads' must be >= 0 (0 = all cores), got {self.cpu_threads}")
+        if self.prefetch_batches < 0 or self.decode_threads < 1:
+            raise ValueError(f"'runtime.prefetch_batches' must be >= 0 and 'runtime.decode_threads' >= 1, got "
+                             f"{self.prefetch_batches} and {self.decode_threads}")
 
 
 @dataclass

@@ -2,8 +2,12 @@
 (PaddleOCR's label files) or ``path [label]`` lines; and the one loop that turns them into preprocessed batches."""
 from __future__ import annotations
 
+import collections
 import glob
 import logging
+import queue
+import threading
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any, Callable, Iterable, Iterator, Optional, Protocol, TypeVar
@@ -166,25 +170,128 @@ def _sorted_batches(pairs: Iterable[tuple[T, np.ndarray]], pipeline: ImagePipeli
     yield from flush()
 
 
-def iter_batches(items: list[ImageItem], pipeline: ImagePipeline, batch_size: int,
+@dataclass(frozen=True)
+class Loading:
+    """How images are read: ``prefetch`` batches prepared ahead in a background thread (0 = on the calling
+    thread), each image decoded and preprocessed by one of ``threads``. Results and their order do not change."""
+
+    prefetch: int = 0
+    threads: int = 1
+
+    @classmethod
+    def of(cls, runtime: Any) -> "Loading":
+        """The config's runtime.prefetch_batches and runtime.decode_threads."""
+        return cls(runtime.prefetch_batches, runtime.decode_threads)
+
+
+def ordered_map(fn: Callable[[T], Any], items: Iterable[T], threads: int, ahead: int) -> Iterator[Any]:
+    """``map(fn, items)`` on ``threads`` threads, at most ``ahead`` items in flight, results in input order.
+
+    OpenCV's decode and resize release the GIL, so the threads decode in parallel. Unlike
+    ThreadPoolExecutor.map this does not submit every item up front (a million paths stay paths)."""
+    if threads <= 1:
+        yield from map(fn, items)
+        return
+    with ThreadPoolExecutor(threads, thread_name_prefix="decode") as pool:
+        pending: collections.deque = collections.deque()
+        try:
+            for item in items:
+                pending.append(pool.submit(fn, item))
+                if len(pending) >= ahead:
+                    yield pending.popleft().result()
+            while pending:
+                yield pending.popleft().result()
+        finally:
+            for future in pending:
+                future.cancel()
+
+
+_END = object()
+
+
+def prefetch(source: Iterator[T], depth: int) -> Iterator[T]:
+    """Run ``source`` in a background thread up to ``depth`` items ahead; yield its items in order.
+
+    An exception in ``source`` is raised here, at the item where it happened. Closing this generator (a
+    ``break``, an error in the consumer) stops the thread and closes ``source`` within one item."""
+    if depth <= 0:
+        yield from source
+        return
+    slots: queue.Queue = queue.Queue(maxsize=depth)
+    stop = threading.Event()
+
+    def put(entry: tuple[bool, Any]) -> bool:
+        while not stop.is_set():
+            try:
+                slots.put(entry, timeout=0.05)
+                return True
+            except queue.Full:
+                continue
+        return False
+
+    def produce() -> None:
+        try:
+            for item in source:
+                if not put((True, item)):
+                    return
+            put((True, _END))
+        except BaseException as e:  # handed to the consumer, which raises it
+            put((False, e))
+        finally:
+            close = getattr(source, "close", None)
+            if close is not None:
+                close()
+
+    worker = threading.Thread(target=produce, name="prefetch", daemon=True)
+    worker.start()
+    try:
+        while True:
+            ok, item = slots.get()
+            if not ok:
+                raise item
+            if item is _END:
+                return
+            yield item
+    finally:
+        stop.set()
+        worker.join()
+
+
+def load_images(items: Iterable[ImageItem], pipeline: ImagePipeline, threads: int = 1,
+                ahead: int = 64) -> Iterator[tuple[ImageItem, tuple[np.ndarray, ImageRecord] | DataError]]:
+    """Each item with its decoded, preprocessed array and record, or the DataError that stopped it; in order."""
+
+    def load(item: ImageItem) -> tuple[ImageItem, tuple[np.ndarray, ImageRecord] | DataError]:
+        try:
+            return item, pipeline.load(item.path)
+        except DataError as e:
+            return item, e
+
+    return ordered_map(load, items, threads, ahead)
+
+
+def iter_batches(items: Iterable[ImageItem], pipeline: ImagePipeline, batch_size: int,
                  on_skip: Optional[Callable[[ImageItem, DataError], None]] = None,
-                 progress: Optional[Callable[[int], None]] = None) -> Iterator[Batch]:
+                 progress: Optional[Callable[[int], None]] = None,
+                 loading: Loading = Loading()) -> Iterator[Batch]:
     """Preprocess ``items`` into batches (see group_batches); an unreadable image goes to ``on_skip`` (or raises
-    without it)."""
+    without it). With ``loading.prefetch`` the batches are made in a background thread while the caller runs
+    the previous ones; ``on_skip`` and ``progress`` are then called from that thread."""
 
     def preprocessed() -> Iterator[tuple[tuple[ImageItem, ImageRecord], np.ndarray]]:
-        for item in items:
-            try:
-                array, record = pipeline.load(item.path)
-            except DataError as e:
-                if on_skip is None:
-                    raise
-                on_skip(item, e)
-                array = None
+        for item, loaded in load_images(items, pipeline, loading.threads, max(batch_size, 1) * 2):
             if progress:
                 progress(1)
-            if array is not None:
-                yield (item, record), array
+            if isinstance(loaded, DataError):
+                if on_skip is None:
+                    raise loaded
+                on_skip(item, loaded)
+                continue
+            array, record = loaded
+            yield (item, record), array
 
-    for keys, array in group_batches(preprocessed(), pipeline, batch_size):
-        yield Batch([item for item, _ in keys], array, [record for _, record in keys])
+    def batches() -> Iterator[Batch]:
+        for keys, array in group_batches(preprocessed(), pipeline, batch_size):
+            yield Batch([item for item, _ in keys], array, [record for _, record in keys])
+
+    return prefetch(batches(), loading.prefetch)

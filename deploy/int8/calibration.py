@@ -21,7 +21,7 @@ from tqdm import tqdm
 
 from deploy import cache
 from deploy.config.loader import CalibrationConfig, DeployConfig, NncfConfig
-from deploy.data.sources import Batch, ImageItem, group_batches, list_images
+from deploy.data.sources import Batch, ImageItem, group_batches, list_images, load_images
 from deploy.env import default_device, probe, support_reason
 from deploy.errors import CalibrationError, DataError, UnsupportedError
 from deploy.engines.model import ModelFiles, ensure_model, inspect_model, quant_scales
@@ -91,18 +91,19 @@ def load_calibration_set(cfg: DeployConfig, *, source: Optional[str] = None, num
     pipeline = ImagePipeline(cfg.preprocess)
     skipped: list[ImageItem] = []
     loaded, items = [], []
-    with tqdm(total=min(wanted, len(candidates)), disable=quiet, unit="img", desc="calibration set") as bar:
-        for item in candidates:
+    with tqdm(total=min(wanted, len(candidates)), disable=quiet, unit="img", desc="calibration set") as bar, \
+            contextlib.closing(load_images(candidates, pipeline, cfg.runtime.decode_threads)) as images:
+        for item, result in images:
+            if isinstance(result, DataError):
+                skipped.append(item)
+                log.warning("skipped %s", result)
+                continue
+            array, record = result
+            loaded.append(((item, record), array))
+            items.append(item)
+            bar.update(1)
             if len(items) == wanted:
                 break
-            try:
-                array, record = pipeline.load(item.path)
-                loaded.append(((item, record), array))
-                items.append(item)
-                bar.update(1)
-            except DataError as e:
-                skipped.append(item)
-                log.warning("skipped %s", e)
     src = str(source or cfg.calibration.images)
     if not items:
         raise CalibrationError(f"no readable images in {src} ({len(skipped)} unreadable); "

@@ -2,9 +2,10 @@
 
 Runs are interleaved so their ratio holds on a noisy machine: for each batch size every predictor is built,
 then timed iterations go round-robin over the runs (the starting run rotates each iteration), so a burst of
-background load hits all of them alike. Each timed iteration decodes and preprocesses a fresh batch from disk,
-then runs it and post-processes the outputs with the task: the predictor-only latency is the run, the
-end-to-end latency is decode + preprocess + run + post-process.
+background load hits all of them alike. Two passes: predictor-only times the run of a fresh batch decoded
+beforehand (nothing else on the cores); end to end takes each batch from the prefetching image pipeline
+(decode + preprocess in the background, runtime.prefetch_batches), runs it and post-processes the outputs with
+the task, as infer.py does.
 """
 from __future__ import annotations
 
@@ -22,10 +23,10 @@ from typing import Iterator, Optional, Sequence
 import numpy as np
 from tqdm import tqdm
 
-from deploy.data.sources import Batch, ImageItem, group_batches, list_images
+from deploy.data.sources import Batch, ImageItem, Loading, iter_batches, list_images
 from deploy.errors import DataError
 from deploy.engines.factory import AnyPredictor, create_predictor
-from deploy.data.pipeline import ImagePipeline, ImageRecord
+from deploy.data.pipeline import ImagePipeline
 from deploy.report.runs import Run
 
 log = logging.getLogger(__name__)
@@ -163,16 +164,11 @@ def gpu_memory_mb(run: Run) -> Optional[float]:
 # ---------------------------------------------------------------- timing
 
 
-def batch_stream(items: list[ImageItem], pipeline: ImagePipeline, batch_size: int) -> Iterator[Batch]:
-    """Endless full batches, decoded and preprocessed, cycling over ``items`` (equal shapes batched together)."""
-
-    def loaded() -> Iterator[tuple[tuple[ImageItem, ImageRecord], np.ndarray]]:
-        for item in itertools.cycle(items):
-            array, record = pipeline.load(item.path)
-            yield (item, record), array
-
-    for keys, array in group_batches(loaded(), pipeline, batch_size):
-        yield Batch([item for item, _ in keys], array, [record for _, record in keys])
+def batch_stream(items: list[ImageItem], pipeline: ImagePipeline, batch_size: int,
+                 loading: Loading = Loading()) -> Iterator[Batch]:
+    """Endless full batches, decoded and preprocessed, cycling over ``items`` (equal shapes batched together);
+    with ``loading.prefetch`` made in a background thread while the caller runs the previous ones."""
+    return iter_batches(itertools.cycle(items), pipeline, batch_size, loading=loading)
 
 
 @dataclass
@@ -208,29 +204,39 @@ def _build(run: Run, first: Batch, warmup: int) -> _Timed:
                   gpu_memory_mb(run))
 
 
-def _time_round_robin(timed: list[_Timed], stream: Iterator[Batch], iters: int, bar: tqdm) -> None:
-    """``iters`` rounds; each round every run decodes a fresh batch, runs it and post-processes the outputs,
-    starting run rotating. Predictor-only time is the run; end to end is all three."""
+def _round_robin(timed: list[_Timed], iters: int, bar: tqdm) -> Iterator[_Timed]:
+    """``iters`` rounds over the runs, the starting run rotating; the garbage collector off meanwhile (a
+    collection inside one run's sample would charge it to that run alone)."""
     gc_was_enabled = gc.isenabled()
-    gc.disable()  # a collection in the middle of one run's sample would charge it to that run alone
+    gc.disable()
     try:
         for i in range(iters):
             for k in range(len(timed)):
-                t = timed[(i + k) % len(timed)]
-                start = time.perf_counter()
-                batch = next(stream)
-                feeds = t.run.task.feeds(batch, t.predictor.input_names)
-                ready = time.perf_counter()
-                outputs = t.predictor.run(feeds)
-                ran = time.perf_counter()
-                t.run.task.postprocess(outputs, batch)
-                done = time.perf_counter()
-                t.infer.append(ran - ready)
-                t.e2e.append(done - start)
+                yield timed[(i + k) % len(timed)]
             bar.update(len(timed))
     finally:
         if gc_was_enabled:
             gc.enable()
+
+
+def _time_predictors(timed: list[_Timed], stream: Iterator[Batch], iters: int, bar: tqdm) -> None:
+    """Predictor-only: each sample times one run of a fresh batch, decoded beforehand on this thread, so no
+    decoding competes with the run for the cores."""
+    for t in _round_robin(timed, iters, bar):
+        feeds = t.run.task.feeds(next(stream), t.predictor.input_names)
+        start = time.perf_counter()
+        t.predictor.run(feeds)
+        t.infer.append(time.perf_counter() - start)
+
+
+def _time_end_to_end(timed: list[_Timed], stream: Iterator[Batch], iters: int, bar: tqdm) -> None:
+    """End to end, as infer.py and eval.py run: each sample takes the next batch from the prefetching image
+    pipeline (waiting only when decoding fell behind), runs it and post-processes the outputs."""
+    for t in _round_robin(timed, iters, bar):
+        start = time.perf_counter()
+        batch = next(stream)
+        t.run.task.postprocess(t.predictor.run(t.run.task.feeds(batch, t.predictor.input_names)), batch)
+        t.e2e.append(time.perf_counter() - start)
 
 
 def _entry(t: _Timed, batch_size: int) -> BenchEntry:
@@ -244,15 +250,19 @@ def bench_batch_size(runs: Sequence[Run], items: list[ImageItem], batch_size: in
                      bar: tqdm) -> list[BenchEntry]:
     """Build every run's predictor at ``batch_size``, then time them interleaved."""
     sized = [r.with_batch_size(batch_size) for r in runs]
-    stream = batch_stream(items, ImagePipeline(runs[0].cfg.preprocess), batch_size)
-    first = next(stream)
+    pipeline = ImagePipeline(runs[0].cfg.preprocess)
     with contextlib.ExitStack() as stack:
+        serial = stack.enter_context(contextlib.closing(batch_stream(items, pipeline, batch_size)))
+        first = next(serial)
         timed = []
         for run in sized:
             timed.append(_build(run, first, options.warmup))
             stack.enter_context(timed[-1].predictor)
             log.debug("%s bs=%d: first run %.1f ms", run.label, batch_size, timed[-1].first_s * 1000)
-        _time_round_robin(timed, stream, options.iters, bar)
+        _time_predictors(timed, serial, options.iters, bar)
+        prefetched = stack.enter_context(contextlib.closing(
+            batch_stream(items, pipeline, batch_size, Loading.of(runs[0].cfg.runtime))))
+        _time_end_to_end(timed, prefetched, options.iters, bar)
     entries = [_entry(t, batch_size) for t in timed]
     add_ratios(entries, runs[0].label)
     return entries
@@ -280,7 +290,7 @@ def benchmark(runs: Sequence[Run], options: BenchOptions, *, quiet: bool = False
         raise DataError("no images to decode for the benchmark: pass --image DIR|LIST or set data.images")
     items = list_images(source)
     entries: list[BenchEntry] = []
-    with tqdm(total=len(sizes) * len(runs) * options.iters, disable=quiet, unit="batch", desc="benchmark") as bar:
+    with tqdm(total=2 * len(sizes) * len(runs) * options.iters, disable=quiet, unit="batch", desc="benchmark") as bar:
         for batch_size in sizes:
             entries.extend(bench_batch_size(runs, items, batch_size, options, bar))
     return BenchmarkResult(runs[0].label, list(sizes), options.warmup, options.iters, str(source), entries)

@@ -14,7 +14,7 @@ from typing import Any, Optional, Sequence
 from tqdm import tqdm
 
 from deploy.data.pipeline import ImagePipeline
-from deploy.data.sources import Batch, ImageItem, iter_batches, list_images
+from deploy.data.sources import Batch, ImageItem, Loading, iter_batches, list_images
 from deploy.engines.factory import create_predictor
 from deploy.errors import DataError
 from deploy.report.runs import Run
@@ -115,7 +115,8 @@ def load_eval_set(run: Run, *, images: Optional[str] = None, limit: Optional[int
 
     kept, batches = [], []
     with tqdm(total=len(items), disable=quiet, unit="img", desc="preprocess") as bar:
-        for batch in iter_batches(items, ImagePipeline(cfg.preprocess), cfg.runtime.batch_size, skip, bar.update):
+        for batch in iter_batches(items, ImagePipeline(cfg.preprocess), cfg.runtime.batch_size, skip, bar.update,
+                                  Loading.of(cfg.runtime)):
             kept.extend(batch.items)
             batches.append(batch)
     if not kept:

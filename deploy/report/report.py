@@ -16,6 +16,7 @@ from deploy.env import probe
 from deploy.errors import DataError
 from deploy.report import plots
 from deploy.report.benchmark import BenchOptions, benchmark as run_benchmark
+from deploy.report.budget import budget_lines, within_budget
 from deploy.report.calib_sweep import calibration_sweep, check_sweepable
 from deploy.report.evaluate import EvalOptions, evaluate
 from deploy.report.runs import Run, RunSpec, check_same_preprocess, load_runs
@@ -41,9 +42,15 @@ class Report:
 
 
 def precision_report(*, runs: Sequence[RunSpec], evaluation: Optional[EvalOptions] = None,
-                     benchmark: Optional[BenchOptions] = None, output_dir: Optional[Path] = None,
-                     quiet: bool = False) -> Report:
-    """Compare ``runs`` (the first is the reference): accuracy and/or speed; write the report to ``output_dir``."""
+                     benchmark: Optional[BenchOptions] = None, budget: Optional[float] = None,
+                     output_dir: Optional[Path] = None, quiet: bool = False) -> Report:
+    """Compare ``runs`` (the first is the reference): accuracy and/or speed; write the report to ``output_dir``.
+    With ``budget`` (points of the task's metric; needs both) it names the fastest run within it per batch size."""
+    if budget is not None and (evaluation is None or benchmark is None):
+        raise DataError("--budget picks the fastest run within an accuracy loss, so it needs both the accuracy "
+                        "evaluation and the benchmark: add --benchmark")
+    if budget is not None and budget < 0:
+        raise DataError(f"--budget is the accuracy loss allowed in points and must be >= 0, got {budget}")
     if output_dir is not None:
         _check_writable(output_dir)
     loaded = load_runs(runs, quiet=quiet)
@@ -56,6 +63,8 @@ def precision_report(*, runs: Sequence[RunSpec], evaluation: Optional[EvalOption
              if accuracy is not None and sweep_sizes else None)
     speed = run_benchmark(loaded, benchmark, quiet=quiet) if benchmark is not None else None
     data = report_data(loaded, accuracy, speed, sweep)
+    if budget is not None:
+        data["budget"] = within_budget(data["accuracy"], data["benchmark"], budget)
     files = write_report(output_dir, data) if output_dir is not None else []
     return Report(data, files)
 
@@ -99,6 +108,7 @@ def report_data(runs: Sequence[Run], accuracy: Any = None, speed: Any = None, sw
         "accuracy": accuracy.to_json() if accuracy is not None else None,
         "calibration_sweep": sweep,
         "benchmark": speed.to_json() if speed is not None else None,
+        "budget": None,
         "files": {},
     }
 
@@ -207,6 +217,8 @@ def console_text(data: dict) -> str:
         parts.append(f"\nspeed: {bench['warmup']} warm-up + {bench['iters']} timed iterations, runs interleaved; "
                      f"img/s from median latency; 'vs ref' = throughput / {bench['reference']}")
         parts.append(format_table(SPEED_HEADERS, speed_rows(data)))
+    if data.get("budget"):
+        parts += ["", *budget_lines(data["budget"])]
     return "\n".join(parts)
 
 
@@ -251,9 +263,10 @@ def _speed_section(data: dict) -> list[str]:
     lines = ["## Speed", "",
              f"Images decoded from `{bench['images']}`. Per batch size, every run's predictor is built (first run "
              f"= build + first batch), warmed up {bench['warmup']} times, then {bench['iters']} timed iterations go "
-             "round-robin over the runs, so background load hits all runs alike. Each iteration decodes and "
-             "preprocesses a fresh batch: predictor-only latency times the run, end-to-end (e2e) adds decode, "
-             "preprocess and the task's post-processing. Throughput = batch / median latency; 'vs ref' divides by "
+             "round-robin over the runs, so background load hits all runs alike. Predictor-only latency times the "
+             "run of a fresh batch decoded beforehand; end-to-end (e2e) takes each batch from the prefetching "
+             "image pipeline (decode and preprocess overlap the previous run) and adds the task's "
+             "post-processing. Throughput = batch / median latency; 'vs ref' divides by "
              f"`{bench['reference']}`. "
              "+RSS is the peak resident memory added while building, first-running and warming up that predictor.",
              "", format_markdown_table(SPEED_HEADERS, speed_rows(data)), "",
@@ -262,6 +275,8 @@ def _speed_section(data: dict) -> list[str]:
                                     "peak RSS MB", "GPU MB"], latency_rows), ""]
     plots = data["files"].get("plots", {})
     lines += [f"![{name}]({PLOT_NAMES[name]})" for name in ("throughput", "latency_cdf") if plots.get(name)]
+    if data.get("budget"):
+        lines += ["", "## Fastest within the accuracy budget", "", *budget_lines(data["budget"])]
     return lines + [""]
 
 
