@@ -165,7 +165,7 @@ def rerun_hint(cfg: DeployConfig) -> str:
     return f"rerun: {calibrate_command(cfg)}"
 
 
-def check_fresh(entry: dict, files: ModelFiles, cfg: DeployConfig) -> None:
+def check_fresh(entry: dict, files: ModelFiles, cfg: DeployConfig, target: str) -> None:
     """Raise if the model or the preprocessing changed since this calibration entry was written."""
     when = entry.get("created", "an unknown time")
     now = model_fingerprint(files)
@@ -174,16 +174,24 @@ def check_fresh(entry: dict, files: ModelFiles, cfg: DeployConfig) -> None:
         raise CalibrationError(f"calibration is stale: model changed since {when}; {rerun_hint(cfg)}")
     if ops_fingerprint(cfg.preprocess) != entry.get("preprocess_sha256"):
         raise CalibrationError(f"calibration is stale: preprocess changed since {when}; {rerun_hint(cfg)}")
-    if entry.get("settings_sha256") not in (None, calibration_settings_fingerprint(cfg)):
+    if entry.get("settings_sha256") not in (None, calibration_settings_fingerprint(cfg, target)):
         # Still a valid calibration of this model, only not the one the config now asks for.
         log.warning("the calibration section of %s changed since the calibration of %s; the old artifacts are "
                     "used until you %s", cfg.source, when, rerun_hint(cfg))
 
 
-def calibration_settings_fingerprint(cfg: DeployConfig) -> str:
-    """A hash of the calibration section (algorithm, images, count, seed, CPU INT8 switches)."""
-    settings = {k: str(v) for k, v in dataclasses.asdict(cfg.calibration).items()}
-    return sha256_text(json.dumps(settings, sort_keys=True))
+# The calibration keys an OpenVINO (NNCF) calibration depends on; the Paddle targets depend on all but nncf.
+_OPENVINO_SETTINGS = ("images", "num_images", "seed", "allow_fewer", "nncf")
+
+
+def calibration_settings_fingerprint(cfg: DeployConfig, target: str) -> str:
+    """A hash of the calibration settings the ``target`` ("cpu", "trt", "openvino") depends on. Keys at their
+    default value are left out, so a toolkit update that adds a key does not flag earlier calibrations."""
+    settings = dataclasses.asdict(cfg.calibration)
+    defaults = dataclasses.asdict(type(cfg.calibration)())
+    keys = _OPENVINO_SETTINGS if target == "openvino" else [k for k in settings if k != "nncf"]
+    changed = {k: str(settings[k]) for k in keys if settings[k] != defaults[k]}
+    return sha256_text(json.dumps(changed, sort_keys=True))
 
 
 def check_artifacts(entry: dict, cfg: DeployConfig) -> list[Path]:

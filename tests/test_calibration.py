@@ -192,3 +192,18 @@ def test_trt_calibration_and_int8_inference_contract(lenet_config, lenet_copy):
     with pytest.raises(CalibrationError, match="no TensorRT calibration table in"):
         resolve_plan(moved, env=gpu_env(), quiet=True)
     assert lenet_copy.exists()
+
+
+def test_settings_fingerprint_covers_only_what_the_target_uses(calibrated):
+    cfg, _ = calibrated
+    base = load_config(cfg)
+    nncf_only = load_config(cfg, ["calibration.nncf.preset=mixed"])
+    paddle_only = load_config(cfg, ["calibration.algo=KL"])
+    shared = load_config(cfg, ["calibration.num_images=100"])
+    fp = cache.calibration_settings_fingerprint
+    assert fp(nncf_only, "cpu") == fp(base, "cpu") != fp(nncf_only, "openvino")
+    assert fp(paddle_only, "openvino") == fp(base, "openvino") != fp(paddle_only, "trt")
+    assert fp(shared, "cpu") != fp(base, "cpu") and fp(shared, "openvino") != fp(base, "openvino")
+    # a key at its default value is left out: writing the default out does not flag a calibration
+    explicit = load_config(cfg, [f"calibration.seed={base.calibration.seed}", "calibration.nncf.ignored_types=[]"])
+    assert fp(explicit, "cpu") == fp(base, "cpu") and fp(explicit, "openvino") == fp(base, "openvino")

@@ -163,6 +163,7 @@ class NncfConfig:
     preset: Literal["performance", "mixed"] = "performance"  # mixed: asymmetric activations
     fast_bias_correction: bool = True
     ignored_scope: list[str] = field(default_factory=list)  # OpenVINO node names left in FP32
+    ignored_types: list[str] = field(default_factory=list)  # OpenVINO op types left in FP32, e.g. Convolution
 
 
 @dataclass

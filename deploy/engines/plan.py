@@ -203,7 +203,7 @@ def int8_artifacts(cfg: DeployConfig, plan: PredictorPlan, *, calibrating: bool)
             f"INT8 on {plan.device}/{plan.backend} needs calibration or a quantized model, and {plan.model.dir} has "
             f"no {target} calibration; run: {cache.calibrate_command(cfg)} (or point model.dir at a "
             "PaddleSlim-quantized model)")
-    cache.check_fresh(entry, plan.model, cfg)
+    cache.check_fresh(entry, plan.model, cfg, target)
     paths = cache.check_artifacts(entry, cfg)
     if target == "trt":
         table_dir = trt_table_dir(plan)

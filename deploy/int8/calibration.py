@@ -8,6 +8,7 @@ only after the artifacts are complete, so an interrupted run leaves the previous
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import io
 import logging
 import shutil
@@ -126,13 +127,13 @@ def _versions() -> dict:
             "openvino": env.openvino_version}
 
 
-def _manifest_entry(cfg: DeployConfig, files: ModelFiles, calib: CalibrationSet, algo: str, backend: str,
-                    artifact_dir: Path, artifacts: list[Path]) -> dict:
+def _manifest_entry(cfg: DeployConfig, files: ModelFiles, calib: CalibrationSet, target: str, algo: str,
+                    backend: str, artifact_dir: Path, artifacts: list[Path]) -> dict:
     return {
         "config": str(cfg.source),
         "model": cache.model_fingerprint(files),
         "preprocess_sha256": ops_fingerprint(cfg.preprocess),
-        "settings_sha256": cache.calibration_settings_fingerprint(cfg),
+        "settings_sha256": cache.calibration_settings_fingerprint(cfg, target),
         "images_sha256": calib.fingerprint(),
         "images_source": calib.source,
         "num_images": calib.count,
@@ -216,7 +217,7 @@ def _calibrate_trt(cfg: DeployConfig, files: ModelFiles, calib: CalibrationSet, 
         installed = [table_dir / t.name for t in tables]
         for src, dst in zip(tables, installed):
             cache.atomic_write_bytes(dst, src.read_bytes())
-        entry = _manifest_entry(cfg, files, calib, "tensorrt-entropy", "trt", table_dir, installed)
+        entry = _manifest_entry(cfg, files, calib, "trt", "tensorrt-entropy", "trt", table_dir, installed)
         manifest = cache.write_manifest_entry(files, "trt", entry)
     finally:
         shutil.rmtree(scratch, ignore_errors=True)
@@ -306,7 +307,7 @@ def _calibrate_cpu(cfg: DeployConfig, files: ModelFiles, calib: CalibrationSet, 
         scales = quant_scales(quantized)
         cache.atomic_write_json(staged / "scales.json", scales)
         artifacts = [quantized.program, quantized.params, staged / "scales.json"]
-        entry = {**_manifest_entry(cfg, files, calib, algo, "paddle-ptq-onednn", final, artifacts),
+        entry = {**_manifest_entry(cfg, files, calib, "cpu", algo, "paddle-ptq-onednn", final, artifacts),
                  "fp32_tensors": skip, "observe_all_ops": cfg.calibration.observe_all_ops,
                  "quantize_op_types": cfg.calibration.quantize_op_types}
     manifest = cache.write_manifest_entry(files, "cpu", entry)
@@ -334,7 +335,8 @@ def _nncf_quantize(files: ModelFiles, calib: CalibrationSet, settings: NncfConfi
     input_names = [port.get_any_name() for port in model.inputs]
     feeds = list(tqdm(calib.feeds(input_names), total=len(calib.batches), disable=quiet, unit="batch",
                       desc="feeds", leave=False))
-    ignored = nncf.IgnoredScope(names=list(settings.ignored_scope)) if settings.ignored_scope else None
+    ignored = (nncf.IgnoredScope(names=list(settings.ignored_scope), types=list(settings.ignored_types))
+               if settings.ignored_scope or settings.ignored_types else None)
     preset = {"performance": nncf.QuantizationPreset.PERFORMANCE, "mixed": nncf.QuantizationPreset.MIXED}
     with contextlib.ExitStack() as stack:
         if quiet:  # NNCF draws its own progress bars on stdout
@@ -353,10 +355,8 @@ def _calibrate_openvino(cfg: DeployConfig, files: ModelFiles, calib: Calibration
     with cache.staged_dir(final) as staged:
         _nncf_quantize(files, calib, cfg.calibration.nncf, staged / "model.xml", quiet)
         artifacts = [staged / "model.xml", staged / "model.bin"]
-        entry = {**_manifest_entry(cfg, files, calib, "nncf", "openvino", final, artifacts),
-                 "nncf": {"preset": cfg.calibration.nncf.preset,
-                          "fast_bias_correction": cfg.calibration.nncf.fast_bias_correction,
-                          "ignored_scope": cfg.calibration.nncf.ignored_scope}}
+        entry = {**_manifest_entry(cfg, files, calib, "openvino", "nncf", "openvino", final, artifacts),
+                 "nncf": dataclasses.asdict(cfg.calibration.nncf)}
     manifest = cache.write_manifest_entry(files, "openvino", entry)
     installed = [final / p.name for p in artifacts]
     log.info("wrote OpenVINO INT8 model %s", final)
