@@ -9,6 +9,7 @@ import pytest
 from conftest import LENET_CONFIG, ROOT, error_line, run_tool, write_config
 from deploy.config.loader import load_config
 from deploy.engines.factory import create_predictor
+from deploy.engines import openvino as openvino_engine
 from deploy.engines.openvino import OpenVinoPredictor, compile_properties
 from deploy.engines.paddle import Predictor
 from deploy.engines.plan import resolve_plan
@@ -46,9 +47,28 @@ def test_threads_and_performance_hint_come_from_the_config(lenet_openvino):
     assert compile_properties(plan) == {"INFERENCE_NUM_THREADS": 1, "PERFORMANCE_HINT": "LATENCY",
                                         "INFERENCE_PRECISION_HINT": "f32"}
     batched = resolve_plan(load_config(lenet_openvino, ["runtime.batch_size=64"]), quiet=True)
-    assert compile_properties(batched)["PERFORMANCE_HINT"] == "LATENCY"  # one synchronous request at a time
-    streams = resolve_plan(load_config(lenet_openvino, ["runtime.openvino.performance_hint=throughput"]), quiet=True)
-    assert compile_properties(streams)["PERFORMANCE_HINT"] == "THROUGHPUT"
+    assert compile_properties(batched)["PERFORMANCE_HINT"] == "THROUGHPUT"  # auto: a batch split over streams
+    one = resolve_plan(load_config(lenet_openvino, ["runtime.batch_size=64",
+                                                    "runtime.openvino.performance_hint=latency"]), quiet=True)
+    assert compile_properties(one)["PERFORMANCE_HINT"] == "LATENCY"
+
+
+@pytest.mark.parametrize("hint,shapes", [("latency", "dynamic"), ("throughput", "static"), ("throughput", "dynamic"),
+                                         ("latency", "static")])
+def test_streams_and_static_shapes_give_the_same_outputs(lenet_config, lenet_openvino, hint, shapes):
+    """A batch split over parallel requests, and models compiled per fed shape (more shapes than are kept
+    compiled), give what Paddle gives on the whole batch."""
+    overrides = ["runtime.cpu_threads=2", f"runtime.openvino.performance_hint={hint}",
+                 f"runtime.openvino.shapes={shapes}"]
+    ov_plan = resolve_plan(load_config(lenet_openvino, overrides), quiet=True)
+    rng = np.random.default_rng(1)
+    with create_predictor(resolve_plan(load_config(lenet_config), quiet=True)) as paddle_p, \
+            create_predictor(ov_plan) as ov_p:
+        for batch in (64, 7, 1, 2, 3, 5, 64):
+            x = rng.uniform(-1, 1, (batch, 1, 28, 28)).astype(np.float32)
+            name = ov_p.output_names[0]
+            np.testing.assert_allclose(ov_p.run({"x": x})[name], paddle_p.run({"x": x})[name], atol=1e-4)
+        assert len(ov_p._by_shape) == (openvino_engine.MAX_STATIC_SHAPES if shapes == "static" else 0)
 
 
 def test_paddle_and_openvino_side_by_side_in_one_report(lenet, lenet_config, lenet_openvino, tmp_path):

@@ -84,9 +84,12 @@ class TrtConfig:
 class OpenVinoConfig:
     """OpenVINO engine settings (runtime.backend: openvino; threads come from runtime.cpu_threads)."""
 
-    # latency: all cores on one request; throughput: streams for many parallel requests. auto = latency: the
-    # tools run one synchronous request at a time, which throughput's streams slow down (README, Engines)
+    # latency: one request on every core; throughput: each batch split over parallel streams, one core each.
+    # auto: throughput from batch 8 on, latency below (README, CPU performance)
     performance_hint: Literal["auto", "latency", "throughput"] = "auto"
+    # static: compile for the exact fed shapes (a few at most); auto: static when model.input_shape fixes the
+    # image size, else dynamic
+    shapes: Literal["auto", "static", "dynamic"] = "auto"
 
 
 @dataclass

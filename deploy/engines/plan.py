@@ -32,6 +32,7 @@ class PredictorPlan:
     runtime: RuntimeConfig
     int8_mode: Optional[Int8Mode] = None
     collect_shapes: Optional[Path] = None  # run natively and record TRT shape ranges into this file
+    fixed_image_shape: bool = False  # model.input_shape is set: every image is preprocessed to one [C, H, W]
 
     @property
     def use_calib_mode(self) -> bool:
@@ -53,7 +54,8 @@ def resolve_plan(cfg: DeployConfig, *, env: Optional[Environment] = None, quiet:
         raise UnsupportedError(f"cannot run {device}/{rt.backend}/{rt.precision} here: {reason} "
                                "(see: python tools/env.py)")
     files = ensure_model(cfg.model, quiet=quiet, how_to_build=_qat_command(cfg))
-    plan = PredictorPlan(device, rt.backend, rt.precision, files, rt)
+    plan = PredictorPlan(device, rt.backend, rt.precision, files, rt,
+                         fixed_image_shape=cfg.model.input_shape is not None)
     info = inspect_model(files)
     check_input_shape(cfg.model.input_shape, info)
     if rt.backend == "trt":

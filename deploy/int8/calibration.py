@@ -26,6 +26,7 @@ from deploy.data.sources import Batch, ImageItem, group_batches, list_images, lo
 from deploy.env import default_device, probe, support_reason
 from deploy.errors import CalibrationError, DataError, UnsupportedError
 from deploy.engines.model import ModelFiles, ensure_model, inspect_model, quant_scales
+from deploy.engines.openvino import read_program, write_ir
 from deploy.engines.paddle import Predictor, native_stderr_to_log
 from deploy.engines.plan import resolve_plan, shape_file, trt_table_dir
 from deploy.data.pipeline import ImagePipeline, ops_fingerprint
@@ -329,9 +330,8 @@ def _nncf_quantize(files: ModelFiles, calib: CalibrationSet, settings: NncfConfi
                    quiet: bool) -> None:
     """nncf.quantize over the calibration feeds (the same batches as every other target), saved as IR."""
     import nncf
-    import openvino as ov
 
-    model = ov.Core().read_model(str(files.program))
+    model = read_program(files.program)
     input_names = [port.get_any_name() for port in model.inputs]
     feeds = list(tqdm(calib.feeds(input_names), total=len(calib.batches), disable=quiet, unit="batch",
                       desc="feeds", leave=False))
@@ -346,7 +346,7 @@ def _nncf_quantize(files: ModelFiles, calib: CalibrationSet, settings: NncfConfi
         quantized = nncf.quantize(model, nncf.Dataset(feeds), preset=preset[settings.preset],
                                   fast_bias_correction=settings.fast_bias_correction, subset_size=len(feeds),
                                   **({"ignored_scope": ignored} if ignored else {}))
-    ov.save_model(quantized, str(out_xml))
+    write_ir(quantized, out_xml)
 
 
 def _calibrate_openvino(cfg: DeployConfig, files: ModelFiles, calib: CalibrationSet,
