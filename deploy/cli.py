@@ -87,6 +87,10 @@ def add_comparison_args(parser: argparse.ArgumentParser) -> None:
                             "(repeatable; default label: <config name>:<precision>)")
     group.add_argument("--backends", metavar="LIST", help="run every precision on each engine, e.g. paddle,openvino; "
                                                           "labels <backend>:<precision>, reference paddle:fp32")
+    group.add_argument("--variant", action="append", default=[], metavar="LABEL=KEY=VALUE[,KEY=VALUE]",
+                       help="add the -c config with more overrides, e.g. no_memopt=runtime.paddle.memory_optim=false "
+                            "or tp=runtime.openvino.performance_hint=throughput,runtime.precision=int8 "
+                            "(precision fp32 unless given; repeatable)")
     group.add_argument("--output-dir", type=Path, help="write report.json, report.md and PNG plots here")
 
 
@@ -122,4 +126,4 @@ def run_specs_from_args(args: argparse.Namespace) -> list:
     shortcuts = overrides_from_args(argparse.Namespace(**{**vars(args), "override": []}))
     backends = parse_backends(args.backends) if args.backends else []
     return run_specs(args.config, parse_precisions(args.precisions), args.compare, args.override, shortcuts,
-                     backends)
+                     backends, args.variant)

@@ -13,10 +13,10 @@ import numpy as np
 from tqdm import tqdm
 
 from deploy.cache import atomic_write_bytes, atomic_write_json
-from deploy.config.loader import OcrSystemConfig
+from deploy.config.loader import OcrSystemConfig, parse_labelled_overrides
 from deploy.data.pipeline import read_image
 from deploy.data.sources import ImageItem, list_images
-from deploy.errors import ConfigError, DataError
+from deploy.errors import DataError
 from deploy.report.report import report_header, write_report
 from deploy.tasks.base import Metrics
 from deploy.tasks.ocr_det import parse_det_label
@@ -138,16 +138,9 @@ SYSTEM_COLUMNS = {"metrics": [{"key": "f1", "header": "F1", "kind": "pct"},
                               {"key": "precision", "header": "precision", "kind": "pct"},
                               {"key": "recall", "header": "recall", "kind": "pct"}],
                   "agreement": [{"key": "agreement", "header": "F1 vs ref", "kind": "pct"}]}
-COMPARE_FORMAT = "LABEL=KEY=VALUE[,KEY=VALUE...], e.g. int8=det.precision=int8,rec.precision=int8"
-
-
 def parse_system_compare(text: str) -> tuple[str, list[str]]:
     """'int8=det.precision=int8,rec.precision=int8' -> ('int8', ['det.precision=int8', 'rec.precision=int8'])."""
-    label, sep, rest = text.partition("=")
-    overrides = [o.strip() for o in rest.split(",") if o.strip()]
-    if not sep or not label or not overrides or not all("=" in o for o in overrides):
-        raise ConfigError(f"--compare '{text}': expected {COMPARE_FORMAT}")
-    return label, overrides
+    return parse_labelled_overrides(text, "--compare", "int8=det.precision=int8,rec.precision=int8")
 
 
 def compare_systems(runs: list[tuple[str, OcrSystemConfig]], *, images: Optional[str] = None,

@@ -6,6 +6,7 @@ error names the key, the file and a fix.
 from __future__ import annotations
 
 import copy
+import re
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Callable, Literal, Optional
@@ -93,6 +94,16 @@ class OpenVinoConfig:
 
 
 @dataclass
+class PaddleConfig:
+    """Paddle Inference CPU settings (README, CPU performance: each measured on PP-OCR cls at batch 1)."""
+
+    memory_optim: bool = True  # reuse tensor memory between ops (enable_memory_optim)
+    onednn: bool = True  # oneDNN kernels on the CPU (enable_mkldnn); false: Paddle's plain kernels, FP32 only
+    onednn_cache_capacity: int = 0  # oneDNN primitives cached per input shape (0 = unlimited)
+    pir: bool = False  # run a classic .pdmodel through PIR and the new executor
+
+
+@dataclass
 class RuntimeConfig:
     """Device, backend, precision and threads."""
 
@@ -108,6 +119,7 @@ class RuntimeConfig:
     # (0 = on the calling thread), each image decoded by one of decode_threads (README, CPU performance)
     prefetch_batches: int = 2
     decode_threads: int = 1
+    paddle: PaddleConfig = field(default_factory=PaddleConfig)
     trt: TrtConfig = field(default_factory=TrtConfig)
     openvino: OpenVinoConfig = field(default_factory=OpenVinoConfig)
 
@@ -310,6 +322,16 @@ def _load_tree(path: Path, chain: tuple[Path, ...] = ()) -> tuple[dict, dict]:
         merged = _merge_tracked(merged, _load_tree(base_path, chain + (path,)))
     body = {k: v for k, v in raw.items() if k != "_base_"}
     return _merge_tracked(merged, (body, _key_origins(body, str(path))))
+
+
+def parse_labelled_overrides(text: str, option: str, example: str) -> tuple[str, list[str]]:
+    """'LABEL=KEY=VALUE[,KEY=VALUE...]' -> (LABEL, ['KEY=VALUE', ...]); a comma inside a value (a YAML list)
+    stays in it: only a comma followed by 'key=' starts the next override."""
+    label, sep, rest = text.partition("=")
+    overrides = [o.strip() for o in re.split(r",(?=\s*[A-Za-z_][\w.]*=)", rest) if o.strip()]
+    if not sep or not label.strip() or not overrides or not all("=" in o for o in overrides):
+        raise ConfigError(f"{option} '{text}': expected LABEL=KEY=VALUE[,KEY=VALUE...], e.g. {example}")
+    return label.strip(), overrides
 
 
 def parse_override(text: str) -> tuple[list[str], Any]:

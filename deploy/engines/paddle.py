@@ -68,7 +68,12 @@ def _configure_cpu(config: Any, plan: PredictorPlan) -> None:
     config.set_cpu_math_library_num_threads(plan.runtime.cpu_threads or os.cpu_count() or 1)
     if plan.collect_shapes is not None:  # works on CPU builds too (verified with Paddle 3.3.1)
         config.collect_shape_range_info(str(plan.collect_shapes))
+    knobs = plan.runtime.paddle
+    if not knobs.onednn:
+        return
     config.enable_mkldnn()
+    if knobs.onednn_cache_capacity:
+        config.set_mkldnn_cache_capacity(knobs.onednn_cache_capacity)
     if plan.precision == "int8":
         config.enable_mkldnn_int8()
     elif plan.precision == "bf16":
@@ -80,7 +85,7 @@ def build_predictor_config(plan: PredictorPlan, config_cls: Optional[Callable[..
     if config_cls is None:
         from paddle.inference import Config as config_cls
     config = config_cls(str(plan.model.program), str(plan.model.params))
-    if plan.model.format == "pir":
+    if plan.model.format == "pir" or plan.runtime.paddle.pir:
         # Paddle 3.3.1 loads .json programs with FLAGS_enable_pir_api=0 too, but with memory optimisation on
         # create_predictor fails (pass_result_info.h) unless they run on the new (PIR) executor.
         config.enable_new_ir(True)
@@ -90,7 +95,7 @@ def build_predictor_config(plan: PredictorPlan, config_cls: Optional[Callable[..
     else:
         _configure_cpu(config, plan)
     config.switch_ir_optim(plan.runtime.ir_optim)
-    config.enable_memory_optim(True)
+    config.enable_memory_optim(plan.runtime.paddle.memory_optim)
     config.disable_glog_info()
     return config
 

@@ -11,7 +11,7 @@ from deploy import cache
 from deploy.config.loader import DeployConfig, DynamicShapeConfig, RuntimeConfig
 from deploy.engines.model import ModelFiles, ModelInfo, ensure_model, inspect_model
 from deploy.env import Environment, default_device, probe, support_reason
-from deploy.errors import CalibrationError, DataError, ModelError, UnsupportedError
+from deploy.errors import CalibrationError, ConfigError, DataError, ModelError, UnsupportedError
 
 log = logging.getLogger(__name__)
 SHAPES_MANIFEST_TARGET = "shapes"
@@ -54,6 +54,9 @@ def resolve_plan(cfg: DeployConfig, *, env: Optional[Environment] = None, quiet:
         raise UnsupportedError(f"cannot run {device}/{rt.backend}/{rt.precision} here: {reason} "
                                "(see: python tools/env.py)")
     files = ensure_model(cfg.model, quiet=quiet, how_to_build=_qat_command(cfg))
+    if device == "cpu" and rt.backend == "paddle" and not rt.paddle.onednn and rt.precision != "fp32":
+        raise ConfigError(f"runtime.paddle.onednn is false, so Paddle runs its plain CPU kernels, which are FP32 "
+                          f"only; set runtime.paddle.onednn: true for {rt.precision}")
     plan = PredictorPlan(device, rt.backend, rt.precision, files, rt,
                          fixed_image_shape=cfg.model.input_shape is not None)
     info = inspect_model(files)

@@ -9,7 +9,7 @@ from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Optional, Sequence
 
-from deploy.config.loader import DeployConfig, load_config
+from deploy.config.loader import DeployConfig, load_config, parse_labelled_overrides
 from deploy.env import BACKENDS, PRECISIONS
 from deploy.errors import ConfigError
 from deploy.engines.plan import PredictorPlan, resolve_plan
@@ -87,10 +87,28 @@ def parse_backends(text: str) -> list[str]:
 BACKEND_OVERRIDES = {"openvino": ("runtime.backend=openvino", "runtime.device=cpu")}
 
 
+def parse_variant(text: str) -> tuple[str, str, list[str]]:
+    """'LABEL=KEY=VALUE[,KEY=VALUE...]' -> (label, precision, overrides); the precision comes from a
+    runtime.precision override (default fp32) and is taken out of the overrides."""
+    label, overrides = parse_labelled_overrides(text, "--variant", "no_memopt=runtime.paddle.memory_optim=false")
+    precision = REFERENCE_PRECISION
+    kept = []
+    for override in overrides:
+        key, _, value = override.partition("=")
+        if key.strip() == "runtime.precision":
+            precision = value.strip()
+            if precision not in PRECISIONS:
+                raise ConfigError(f"--variant '{text}': precision {precision!r} is not one of {', '.join(PRECISIONS)}")
+        else:
+            kept.append(override)
+    return label, precision, kept
+
+
 def run_specs(config: Path | str, precisions: Sequence[str], compare: Sequence[str] = (),
               overrides: Sequence[str] = (), shared: Sequence[str] = (),
-              backends: Sequence[str] = ()) -> list[RunSpec]:
-    """The reference (``config`` at fp32), ``config`` at each other precision, then each ``--compare`` entry.
+              backends: Sequence[str] = (), variants: Sequence[str] = ()) -> list[RunSpec]:
+    """The reference (``config`` at fp32), ``config`` at each other precision, then each ``--variant`` (``config``
+    with more overrides, e.g. one Paddle knob), then each ``--compare`` entry.
 
     With ``backends``, ``config`` runs at every precision on every backend, labelled ``<backend>:<precision>``;
     the reference is the first backend's fp32 (Paddle's when it is listed). ``shared`` overrides (the runtime
@@ -106,6 +124,9 @@ def run_specs(config: Path | str, precisions: Sequence[str], compare: Sequence[s
                  for b in backends for p in ordered]
     else:
         specs = [RunSpec(p, Path(config), p, (*shared, *overrides)) for p in ordered]
+    for text in variants:
+        label, precision, extra = parse_variant(text)
+        specs.append(RunSpec(label, Path(config), precision, (*shared, *overrides, *extra)))
     for text in compare:
         label, path, precision = parse_compare(text)
         specs.append(RunSpec(label or f"{path.stem}:{precision}", path, precision, tuple(shared)))
