@@ -102,6 +102,11 @@ class PaddleConfig:
     onednn_cache_capacity: int = 0  # oneDNN primitives cached per input shape (0 = unlimited)
     pir: bool = False  # run a classic .pdmodel through PIR and the new executor
 
+    def __post_init__(self) -> None:
+        if self.onednn_cache_capacity < 0:
+            raise ValueError(f"'runtime.paddle.onednn_cache_capacity' must be >= 0 (0 = unlimited), got "
+                             f"{self.onednn_cache_capacity}")
+
 
 @dataclass
 class RuntimeConfig:
