@@ -49,6 +49,17 @@ class InferenceSummary:
                 "images_per_s": self.images_per_s, "labelled": self.labelled, **(self.metrics or {})}
 
 
+def result_record(task: Task, path: Path, result: Any, label: Any = None) -> dict:
+    """One image's record (tools/infer.py --output and tools/batch_infer.py): path, the task's result keys, and
+    the label as JSON when known."""
+    return {"path": str(path), **task.record(result), **({"label": label} if label is not None else {})}
+
+
+def failure_record(path: Path, error: str) -> dict:
+    """The record of an image that could not be read (tools/batch_infer.py writes it in place of a result)."""
+    return {"path": str(path), "error": error}
+
+
 def run_inference(cfg: DeployConfig, *, images: Optional[str] = None, output: Optional[Path] = None,
                   quiet: bool = False) -> InferenceSummary:
     """Run the configured predictor over ``images`` (default: data.images) and post-process with the task."""
@@ -71,7 +82,8 @@ def run_inference(cfg: DeployConfig, *, images: Optional[str] = None, output: Op
             tqdm(total=len(items), disable=quiet, unit="img", desc="infer") as bar:
         start = time.perf_counter()
         for batch in iter_batches(items, ImagePipeline(cfg.preprocess), cfg.runtime.batch_size,
-                                  None if single else skip, bar.update, Loading.of(cfg.runtime)):
+                                  None if single else skip, bar.update,
+                                  Loading.of(cfg.runtime, predictor.releases_gil)):
             done.extend(zip(batch.items, task.predict(predictor, batch)))
         seconds = time.perf_counter() - start
     done.sort(key=lambda pair: pair[0].index)  # batches group equal shapes: back to input order
@@ -81,8 +93,8 @@ def run_inference(cfg: DeployConfig, *, images: Optional[str] = None, output: Op
     if not quiet:
         _print_results(task, done)
     if output is not None:
-        records = [{"path": str(item.path), **task.record(result),
-                    **({"label": task.label_json(item.label)} if item.label is not None else {})}
+        records = [result_record(task, item.path, result,
+                                 task.label_json(item.label) if item.label is not None else None)
                    for item, result in done]
         atomic_write_json(output, {"plan": plan.describe(), "task": task.name, "results": records,
                                    "failures": failures, "summary": summary.to_json()})

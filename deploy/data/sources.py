@@ -179,9 +179,12 @@ class Loading:
     threads: int = 1
 
     @classmethod
-    def of(cls, runtime: Any) -> "Loading":
-        """The config's runtime.prefetch_batches and runtime.decode_threads."""
-        return cls(runtime.prefetch_batches, runtime.decode_threads)
+    def of(cls, runtime: Any, overlaps: bool = True) -> "Loading":
+        """The config's runtime.prefetch_batches and runtime.decode_threads. ``overlaps``: whether the caller has
+        work a background thread can run beside (an engine that releases the GIL while it runs); without it,
+        prefetching only adds hand-offs and competes for the cores, so the batches are made on the caller's
+        thread."""
+        return cls(runtime.prefetch_batches if overlaps else 0, runtime.decode_threads)
 
 
 def ordered_map(fn: Callable[[T], Any], items: Iterable[T], threads: int, ahead: int) -> Iterator[Any]:

@@ -98,6 +98,8 @@ class _Compiled:
 class OpenVinoPredictor:
     """A compiled OpenVINO model; a context manager like the Paddle predictor."""
 
+    releases_gil = True  # infer requests run without the GIL: the next batches decode meanwhile
+
     def __init__(self, plan: PredictorPlan):
         import openvino as ov
 

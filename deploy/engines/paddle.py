@@ -127,6 +127,10 @@ class Predictor:
     """A Paddle predictor: named input arrays in, named output arrays out; a context manager whose close()
     flushes TensorRT calibration."""
 
+    # Paddle 3.3.1's predictor.run() holds the GIL for the whole run (measured: a Python thread makes no
+    # progress during it), so no Python thread can decode images beside it (README, CPU performance).
+    releases_gil = False
+
     def __init__(self, plan: PredictorPlan):
         import paddle.inference as pi
 

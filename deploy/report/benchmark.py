@@ -3,9 +3,9 @@
 Runs are interleaved so their ratio holds on a noisy machine: for each batch size every predictor is built,
 then timed iterations go round-robin over the runs (the starting run rotates each iteration), so a burst of
 background load hits all of them alike. Two passes: predictor-only times the run of a fresh batch decoded
-beforehand (nothing else on the cores); end to end takes each batch from the prefetching image pipeline
-(decode + preprocess in the background, runtime.prefetch_batches), runs it and post-processes the outputs with
-the task, as infer.py does.
+beforehand (nothing else on the cores); end to end takes each batch from the run's image pipeline (decode +
+preprocess in the background, runtime.prefetch_batches, for an engine that releases the GIL), runs it and
+post-processes the outputs with the task, as infer.py does.
 """
 from __future__ import annotations
 
@@ -229,12 +229,13 @@ def _time_predictors(timed: list[_Timed], stream: Iterator[Batch], iters: int, b
         t.infer.append(time.perf_counter() - start)
 
 
-def _time_end_to_end(timed: list[_Timed], stream: Iterator[Batch], iters: int, bar: tqdm) -> None:
-    """End to end, as infer.py and eval.py run: each sample takes the next batch from the prefetching image
-    pipeline (waiting only when decoding fell behind), runs it and post-processes the outputs."""
+def _time_end_to_end(timed: list[_Timed], streams: dict[str, Iterator[Batch]], iters: int, bar: tqdm) -> None:
+    """End to end, as infer.py runs: each sample takes the next batch from the run's image pipeline (which
+    prefetches in the background for an engine that releases the GIL, waiting only when decoding fell behind),
+    runs it and post-processes the outputs."""
     for t in _round_robin(timed, iters, bar):
         start = time.perf_counter()
-        batch = next(stream)
+        batch = next(streams[t.run.label])
         t.run.task.postprocess(t.predictor.run(t.run.task.feeds(batch, t.predictor.input_names)), batch)
         t.e2e.append(time.perf_counter() - start)
 
@@ -260,9 +261,9 @@ def bench_batch_size(runs: Sequence[Run], items: list[ImageItem], batch_size: in
             stack.enter_context(timed[-1].predictor)
             log.debug("%s bs=%d: first run %.1f ms", run.label, batch_size, timed[-1].first_s * 1000)
         _time_predictors(timed, serial, options.iters, bar)
-        prefetched = stack.enter_context(contextlib.closing(
-            batch_stream(items, pipeline, batch_size, Loading.of(runs[0].cfg.runtime))))
-        _time_end_to_end(timed, prefetched, options.iters, bar)
+        streams = {t.run.label: stack.enter_context(contextlib.closing(batch_stream(
+            items, pipeline, batch_size, Loading.of(t.run.cfg.runtime, t.predictor.releases_gil)))) for t in timed}
+        _time_end_to_end(timed, streams, options.iters, bar)
     entries = [_entry(t, batch_size) for t in timed]
     add_ratios(entries, runs[0].label)
     return entries

@@ -116,7 +116,7 @@ def load_eval_set(run: Run, *, images: Optional[str] = None, limit: Optional[int
     kept, batches = [], []
     with tqdm(total=len(items), disable=quiet, unit="img", desc="preprocess") as bar:
         for batch in iter_batches(items, ImagePipeline(cfg.preprocess), cfg.runtime.batch_size, skip, bar.update,
-                                  Loading.of(cfg.runtime)):
+                                  Loading.of(cfg.runtime, overlaps=False)):  # no run to overlap yet
             kept.extend(batch.items)
             batches.append(batch)
     if not kept:

@@ -264,9 +264,9 @@ def _speed_section(data: dict) -> list[str]:
              f"Images decoded from `{bench['images']}`. Per batch size, every run's predictor is built (first run "
              f"= build + first batch), warmed up {bench['warmup']} times, then {bench['iters']} timed iterations go "
              "round-robin over the runs, so background load hits all runs alike. Predictor-only latency times the "
-             "run of a fresh batch decoded beforehand; end-to-end (e2e) takes each batch from the prefetching "
-             "image pipeline (decode and preprocess overlap the previous run) and adds the task's "
-             "post-processing. Throughput = batch / median latency; 'vs ref' divides by "
+             "run of a fresh batch decoded beforehand; end-to-end (e2e) takes each batch from the run's image "
+             "pipeline (on engines that release the GIL, decode and preprocess overlap the previous run) and adds "
+             "the task's post-processing. Throughput = batch / median latency; 'vs ref' divides by "
              f"`{bench['reference']}`. "
              "+RSS is the peak resident memory added while building, first-running and warming up that predictor.",
              "", format_markdown_table(SPEED_HEADERS, speed_rows(data)), "",
