@@ -131,7 +131,9 @@ def write_shard(out_dir: Path, name: str, fmt: str, records: list[dict]) -> Path
     final = out_dir / f"{SHARD_PREFIX}{name}.{fmt}"
     tmp = out_dir / f"{TMP_PREFIX}{name}.{fmt}"
     if fmt == "parquet":
-        pq.write_table(pa.Table.from_pylist(records), tmp)
+        # every key of every record is a column (from_pylist alone takes the first record's keys only)
+        keys = list(dict.fromkeys(key for record in records for key in record))
+        pq.write_table(pa.Table.from_pylist([{key: r.get(key) for key in keys} for r in records]), tmp)
     else:
         with tmp.open("w") as f:
             f.writelines(json.dumps(r, ensure_ascii=False) + "\n" for r in records)

@@ -1,0 +1,98 @@
+"""tools/batch_infer.py on a real local Ray (2 CPUs) over a real image folder with the real LeNet: the same records
+as tools/infer.py, a corrupt image recorded as a failure, and a run killed part-way then resumed with every image
+exactly once. Speed is measured by the --vs-infer command, never asserted here."""
+import json
+import os
+import shutil
+import signal
+import subprocess
+import sys
+import time
+
+import pytest
+
+pytest.importorskip("ray", reason="batch inference needs Ray: pip install -r requirements-ray.txt")
+
+from conftest import LENET_CONFIG, ROOT, error_line, run_tool, write_config  # noqa: E402
+from deploy.batch_infer import read_records, read_shard_paths, shard_paths  # noqa: E402
+
+PER_CLASS = 12
+
+
+@pytest.fixture(scope="module")
+def job(lenet, tmp_path_factory):
+    """A private model copy, its config, and a folder of 120 digits (a sub-folder per class) plus one corrupt PNG."""
+    root = tmp_path_factory.mktemp("batch")
+    shutil.copytree(lenet / "inference", root / "model", ignore=shutil.ignore_patterns("_opt_cache"))
+    cfg = write_config(root / "lenet.yml", f"_base_: {LENET_CONFIG}\nmodel:\n  dir: {root / 'model'}\n  build: null\n")
+    images = root / "images"
+    for digit in range(10):
+        (images / str(digit)).mkdir(parents=True)
+        for path in sorted((lenet / "data" / "test" / str(digit)).glob("*.png"))[:PER_CLASS]:
+            shutil.copy(path, images / str(digit) / path.name)
+    (images / "3" / "corrupt.png").write_bytes(b"\x89PNG\r\n\x1a\n not really")
+    return {"root": root, "cfg": cfg, "images": images,
+            "paths": sorted(str(p) for p in images.rglob("*.png"))}
+
+
+def infer_records(job):
+    out = job["root"] / "infer.json"
+    run_tool("infer", "-c", job["cfg"], "--image", job["images"], "--output", out, "--quiet", check=True)
+    return {r["path"]: r for r in json.loads(out.read_text())["results"]}
+
+
+def test_same_records_as_infer_and_failures_recorded(job):
+    out = job["root"] / "two_workers"
+    result = run_tool("batch_infer", "-c", job["cfg"], "--input", job["images"], "--output", out, "--workers", "2",
+                      "--shard-size", "50", "--batch-size", "8", "--vs-infer", "--quiet", check=True)
+    records = read_records(out)
+    assert sorted(r["path"] for r in records) == job["paths"]  # every image exactly once
+    failures = [r for r in records if "error" in r]
+    assert [r["path"] for r in failures] == [str(job["images"] / "3" / "corrupt.png")]
+    assert "cannot decode image" in failures[0]["error"]
+    expected = infer_records(job)
+    assert {r["path"]: r for r in records if "error" not in r} == expected
+    assert all(r["label"] == int(r["path"].split("/")[-2]) for r in expected.values())
+    assert len(shard_paths(out, "jsonl")) == 3 and not list(out.glob(".tmp-*"))
+    assert f"summary: {len(job['paths'])} images, 1 failures" in result.stdout
+    assert result.stdout.count("  worker ") == 2  # both actors took batches
+    assert f"identical records: {len(expected)}/{len(expected)}" in result.stdout
+
+
+def test_killed_run_resumes_with_every_image_exactly_once(job):
+    out = job["root"] / "resumed"
+    cmd = [sys.executable, str(ROOT / "tools" / "batch_infer.py"), "-c", str(job["cfg"]), "--input",
+           str(job["images"]), "--output", str(out), "--format", "parquet", "--shard-size", "8", "--batch-size", "4",
+           "--quiet"]
+    proc = subprocess.Popen(cmd, cwd=ROOT, start_new_session=True, stdout=subprocess.DEVNULL,
+                            stderr=subprocess.DEVNULL)
+    deadline = time.time() + 180
+    while time.time() < deadline and len(shard_paths(out, "parquet")) < 2 and proc.poll() is None:
+        time.sleep(0.05)
+    os.killpg(proc.pid, signal.SIGKILL)  # the driver and the local Ray it started
+    proc.wait()
+    first = {p: p.read_bytes() for p in shard_paths(out, "parquet")}
+    done_before = sum(len(read_shard_paths(p)) for p in first)
+    assert first and done_before < len(job["paths"]), "the run was not interrupted part-way"
+
+    again = run_tool("batch_infer", "-c", job["cfg"], "--input", job["images"], "--output", out, "--format",
+                     "parquet")
+    assert again.returncode == 2 and "pass --resume" in error_line(again)
+    resumed = run_tool("batch_infer", "-c", job["cfg"], "--input", job["images"], "--output", out, "--format",
+                       "parquet", "--resume", "--quiet", check=True)
+    assert f"{done_before} already done" in resumed.stdout
+    records = read_records(out)
+    assert sorted(r["path"] for r in records) == job["paths"]  # no duplicate, no missing image
+    assert all(p.read_bytes() == data for p, data in first.items())  # finished shards are never rewritten
+    assert not list(out.glob(".tmp-*"))
+    failures = [r for r in records if r.get("error") is not None]  # parquet: None where a shard has no such key
+    assert [r["path"] for r in failures] == [str(job["images"] / "3" / "corrupt.png")]
+    assert {r["path"]: {k: v for k, v in r.items() if v is not None} for r in records if r.get("error") is None} \
+        == infer_records(job)
+
+
+def test_bad_options_are_one_line_errors(job, tmp_path):
+    bad = run_tool("batch_infer", "-c", job["cfg"], "--input", job["images"], "--output", tmp_path, "--workers", "0")
+    assert bad.returncode == 2 and "--workers and --shard-size must be >= 1" in error_line(bad)
+    missing = run_tool("batch_infer", "-c", job["cfg"], "--input", tmp_path / "nope", "--output", tmp_path / "o")
+    assert missing.returncode == 2 and "nope" in error_line(missing)
