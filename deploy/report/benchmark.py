@@ -18,7 +18,7 @@ import resource
 import time
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
-from typing import Iterator, Optional, Sequence
+from typing import Callable, Iterator, Optional, Sequence
 
 import numpy as np
 from tqdm import tqdm
@@ -165,10 +165,12 @@ def gpu_memory_mb(run: Run) -> Optional[float]:
 
 
 def batch_stream(items: list[ImageItem], pipeline: ImagePipeline, batch_size: int,
-                 loading: Loading = Loading()) -> Iterator[Batch]:
-    """Endless full batches, decoded and preprocessed, cycling over ``items`` (equal shapes batched together);
-    with ``loading.prefetch`` made in a background thread while the caller runs the previous ones."""
-    return iter_batches(itertools.cycle(items), pipeline, batch_size, loading=loading)
+                 loading: Loading = Loading(), start: int = 0) -> Iterator[Batch]:
+    """Endless full batches, decoded and preprocessed, cycling over ``items`` from item ``start`` (equal shapes
+    batched together); with ``loading.prefetch`` made in a background thread while the caller runs the previous
+    ones."""
+    cycled = itertools.islice(itertools.cycle(items), start % max(len(items), 1), None)
+    return iter_batches(cycled, pipeline, batch_size, loading=loading)
 
 
 @dataclass
@@ -204,16 +206,17 @@ def _build(run: Run, first: Batch, warmup: int) -> _Timed:
                   gpu_memory_mb(run))
 
 
-def _round_robin(timed: list[_Timed], iters: int, bar: tqdm) -> Iterator[_Timed]:
-    """``iters`` rounds over the runs, the starting run rotating; the garbage collector off meanwhile (a
-    collection inside one run's sample would charge it to that run alone)."""
+def _round_robin(timed: list[_Timed], iters: int, bar: tqdm, step: int = 1, start: int = 0) -> Iterator[_Timed]:
+    """``iters`` rounds over the runs, the starting run rotating (round i starts at run start + i); the garbage
+    collector off meanwhile (a collection inside one run's sample would charge it to that run alone). ``step``:
+    samples each visit takes, for the progress bar."""
     gc_was_enabled = gc.isenabled()
     gc.disable()
     try:
-        for i in range(iters):
+        for i in range(start, start + iters):
             for k in range(len(timed)):
                 yield timed[(i + k) % len(timed)]
-            bar.update(len(timed))
+            bar.update(len(timed) * step)
     finally:
         if gc_was_enabled:
             gc.enable()
@@ -229,15 +232,30 @@ def _time_predictors(timed: list[_Timed], stream: Iterator[Batch], iters: int, b
         t.infer.append(time.perf_counter() - start)
 
 
-def _time_end_to_end(timed: list[_Timed], streams: dict[str, Iterator[Batch]], iters: int, bar: tqdm) -> None:
+E2E_BLOCK = 10  # end-to-end samples a run takes in a row, between its pipeline's warm-up and close
+
+
+def _time_end_to_end(timed: list[_Timed], open_stream: Callable[[_Timed], Iterator[Batch]], iters: int,
+                     bar: tqdm) -> None:
     """End to end, as infer.py runs: each sample takes the next batch from the run's image pipeline (which
     prefetches in the background for an engine that releases the GIL, waiting only when decoding fell behind),
-    runs it and post-processes the outputs."""
-    for t in _round_robin(timed, iters, bar):
-        start = time.perf_counter()
-        batch = next(streams[t.run.label])
-        t.run.task.postprocess(t.predictor.run(t.run.task.feeds(batch, t.predictor.input_names)), batch)
-        t.e2e.append(time.perf_counter() - start)
+    runs it and post-processes the outputs. Runs take turns in blocks of E2E_BLOCK samples, each block on a
+    freshly opened pipeline (one untimed batch to fill it) that is closed before the next run's block, so no
+    run's background decoding spills into another run's samples."""
+    done = 0
+    while done < iters:
+        block = min(E2E_BLOCK, iters - done)
+        for t in _round_robin(timed, 1, bar, step=block, start=done // E2E_BLOCK):
+            with contextlib.closing(open_stream(t)) as stream:
+                batch = next(stream)
+                t.run.task.postprocess(t.predictor.run(t.run.task.feeds(batch, t.predictor.input_names)), batch)
+                for _ in range(block):
+                    start = time.perf_counter()
+                    batch = next(stream)
+                    t.run.task.postprocess(t.predictor.run(t.run.task.feeds(batch, t.predictor.input_names)),
+                                           batch)
+                    t.e2e.append(time.perf_counter() - start)
+        done += block
 
 
 def _entry(t: _Timed, batch_size: int) -> BenchEntry:
@@ -261,9 +279,14 @@ def bench_batch_size(runs: Sequence[Run], items: list[ImageItem], batch_size: in
             stack.enter_context(timed[-1].predictor)
             log.debug("%s bs=%d: first run %.1f ms", run.label, batch_size, timed[-1].first_s * 1000)
         _time_predictors(timed, serial, options.iters, bar)
-        streams = {t.run.label: stack.enter_context(contextlib.closing(batch_stream(
-            items, pipeline, batch_size, Loading.of(t.run.cfg.runtime, t.predictor.releases_gil)))) for t in timed}
-        _time_end_to_end(timed, streams, options.iters, bar)
+        opened = itertools.count()  # each block's pipeline starts further into the images
+
+        def open_stream(t: _Timed) -> Iterator[Batch]:
+            start = next(opened) * (E2E_BLOCK + 1) * batch_size
+            return batch_stream(items, pipeline, batch_size, Loading.of(t.run.cfg.runtime, t.predictor.releases_gil),
+                                start)
+
+        _time_end_to_end(timed, open_stream, options.iters, bar)
     entries = [_entry(t, batch_size) for t in timed]
     add_ratios(entries, runs[0].label)
     return entries
