@@ -28,7 +28,8 @@ from tqdm import tqdm
 import deploy
 from deploy.config.loader import DeployConfig
 from deploy.data.pipeline import ImagePipeline, ImageRecord
-from deploy.data.sources import Batch, ImageItem, group_batches, list_images
+from deploy.data.sources import IMAGE_SUFFIXES, Batch, ImageItem, LabelReader, group_batches, list_images, \
+    split_list_line
 from deploy.engines.factory import create_predictor
 from deploy.engines.plan import resolve_plan
 from deploy.errors import DataError, UnsupportedError
@@ -37,6 +38,7 @@ from deploy.tasks.registry import build_task
 
 try:
     import pyarrow as pa
+    import pyarrow.fs as pafs
     import pyarrow.parquet as pq
     import ray
 except ImportError as e:  # pragma: no cover - the message is the behaviour
@@ -47,7 +49,7 @@ log = logging.getLogger(__name__)
 FORMATS = ("jsonl", "parquet")
 SHARD_PREFIX = "part-"
 TMP_PREFIX = ".tmp-"
-DECODE_BATCH = 256  # images per decode task (LeNet, 2 CPUs: 32 left the predictors idle, waiting for tasks)
+DECODE_BATCH = 256  # images per decode task at most (LeNet, 2 CPUs: 32 left the predictors idle, waiting)
 
 
 @dataclass
@@ -162,17 +164,90 @@ def prepare_output(out_dir: Path, fmt: str, resume: bool) -> set[str]:
     return done
 
 
+# ---------------------------------------------------------------- sources
+
+
+def is_uri(source: str) -> bool:
+    """s3://, gs://, hdfs://, file://...: a filesystem pyarrow opens; anything else is a local path."""
+    return "://" in source
+
+
+def _uri_prefix(uri: str, fs_path: str) -> str:
+    """What turns a path of the URI's filesystem back into a URI: 's3://' for s3://bucket/dir, 'file://' for
+    file:///data, 'hdfs://host:8020' for hdfs://host:8020/data."""
+    stripped = uri.rstrip("/")
+    at = stripped.rfind(fs_path.rstrip("/"))
+    return stripped[:at] if at > 0 else uri.split("://", 1)[0] + "://"
+
+
+def list_uri(uri: str, labels: LabelReader) -> list[ImageItem]:
+    """The images under a folder URI (label = first sub-folder, as for a local folder), one image URI, or the
+    lines of a list-file URI (paths relative to it). ImageItem.path holds the URI as a string here."""
+    try:
+        fs, root = pafs.FileSystem.from_uri(uri)
+        info = fs.get_file_info(root)
+    except (pa.ArrowException, OSError, ValueError) as e:
+        raise DataError(f"cannot open {uri}: {e}; check the URI and the credentials pyarrow uses") from e
+    prefix = _uri_prefix(uri, root)
+    if info.type == pafs.FileType.Directory:
+        files = sorted(f.path for f in fs.get_file_info(pafs.FileSelector(root, recursive=True))
+                       if f.type == pafs.FileType.File and Path(f.path).suffix.lower() in IMAGE_SUFFIXES)
+        items = []
+        for path in files:
+            parts = path[len(root.rstrip("/")) + 1:].split("/")
+            items.append(ImageItem(prefix + path, labels.folder_label(parts[0]) if len(parts) > 1 else None))
+    elif info.type == pafs.FileType.File and Path(root).suffix.lower() in IMAGE_SUFFIXES:
+        items = [ImageItem(uri)]
+    elif info.type == pafs.FileType.File:
+        with fs.open_input_stream(root) as f:
+            lines = f.read().decode("utf-8").splitlines()
+        base = root.rsplit("/", 1)[0]
+        items = []
+        for line in lines:
+            if not line.strip() or line.lstrip().startswith("#"):
+                continue
+            path, text = split_list_line(line)
+            try:
+                label = labels.read_label(text) if text is not None else None
+            except ValueError as e:
+                raise DataError(f"{uri}: bad label {text[:60]!r}: {e}") from e
+            items.append(ImageItem(path if is_uri(path) else prefix + f"{base}/{path}", label))
+    else:
+        raise DataError(f"image source not found: {uri}")
+    if not items:
+        raise DataError(f"no images found in {uri} (looked for {', '.join(sorted(IMAGE_SUFFIXES))})")
+    return [replace(item, index=i) for i, item in enumerate(items)]
+
+
+def _read_uri(uri: str, filesystems: dict[str, Any]) -> np.ndarray:
+    """The bytes of one image URI (one filesystem per scheme and host, reused within a task)."""
+    key = uri.split("://", 1)[0] + "://" + uri.split("://", 1)[1].split("/", 1)[0]
+    try:
+        if key not in filesystems:
+            fs, path = pafs.FileSystem.from_uri(uri)
+            filesystems[key] = (fs, _uri_prefix(uri, path))
+        fs, prefix = filesystems[key]
+        with fs.open_input_file(uri[len(prefix):]) as f:
+            return np.frombuffer(f.readall(), np.uint8)
+    except (pa.ArrowException, OSError, ValueError) as e:
+        raise DataError(f"cannot read image {uri}: {e}") from e
+
+
 # ---------------------------------------------------------------- Ray stages
 
 
 def _decode(rows: dict[str, np.ndarray], ops: list[Any]) -> dict[str, Any]:
-    """Ray task: decode + preprocess a batch of paths with the config's pipeline. An unreadable image keeps its
-    row, with the error text and no pixels."""
+    """Ray task: decode + preprocess a batch of paths or URIs with the config's pipeline. An unreadable image
+    keeps its row, with the error text and no pixels."""
     pipeline = ImagePipeline(ops)
+    filesystems: dict[str, Any] = {}
     arrays, shapes, src_hw, resized_hw, errors = [], [], [], [], []
     for path in rows["path"]:
         try:
-            array, record = pipeline.load(Path(path))
+            if is_uri(path):
+                array, record = pipeline.load_bytes(_read_uri(path, filesystems), path)
+            else:
+                array, record = pipeline.load(Path(path))
             error = ""
         except DataError as e:
             array, record, error = np.zeros((0,), np.float32), ImageRecord((0, 0), (0, 0)), str(e)
@@ -204,15 +279,15 @@ class Worker:
             item = ImageItem(Path(path), None, int(rows["index"][i]))
             label = json.loads(rows["label"][i]) if rows["label"][i] else None  # "" = no label
             if rows["error"][i]:
-                records[i] = failure_record(item.path, str(rows["error"][i]))
+                records[i] = failure_record(path, str(rows["error"][i]))
                 continue
             array = np.frombuffer(rows["pixels"][i], np.float32).reshape(json.loads(rows["shape"][i]))
             record = ImageRecord(tuple(json.loads(rows["src_hw"][i])), tuple(json.loads(rows["resized_hw"][i])))
-            pairs.append(((i, item, label, record), array))
+            pairs.append(((i, item, label, record, str(path)), array))
         for keys, array in group_batches(pairs, self.pipeline, self.cfg.runtime.batch_size):
-            batch = Batch([item for _, item, _, _ in keys], array, [rec for *_, rec in keys])
-            for (i, item, label, _), result in zip(keys, self.task.predict(self.predictor, batch)):
-                records[i] = result_record(self.task, item.path, result, label)
+            batch = Batch([key[1] for key in keys], array, [key[3] for key in keys])
+            for (i, _, label, _, path), result in zip(keys, self.task.predict(self.predictor, batch)):
+                records[i] = result_record(self.task, path, result, label)  # the path as given (a URI stays one)
         busy = time.perf_counter() - start
         n = len(rows["path"])
         return {"record": np.array([json.dumps(records[i], ensure_ascii=False) for i in range(n)], dtype=object),
@@ -258,7 +333,7 @@ def _worker_config(cfg: DeployConfig, options: ScaleOptions) -> DeployConfig:
 def run_batch_inference(cfg: DeployConfig, options: ScaleOptions, *, quiet: bool = False) -> BatchSummary:
     """Run the config over every image of ``options.input`` on Ray; write result shards to ``options.output``."""
     task = build_task(cfg)
-    items = list_images(options.input, task)
+    items = list_uri(options.input, task) if is_uri(options.input) else list_images(options.input, task)
     done = prepare_output(options.output, options.format, options.resume)
     todo = [item for item in items if str(item.path) not in done]
     worker_cfg = _worker_config(cfg, options)
@@ -276,7 +351,9 @@ def run_batch_inference(cfg: DeployConfig, options: ScaleOptions, *, quiet: bool
     rows = [{"path": str(item.path), "index": item.index,
              "label": json.dumps(task.label_json(item.label)) if item.label is not None else ""} for item in todo]
     dataset = ray.data.from_items(rows).map_batches(
-        _decode, fn_kwargs={"ops": cfg.preprocess}, batch_size=DECODE_BATCH, batch_format="numpy",
+        _decode, fn_kwargs={"ops": cfg.preprocess}, batch_format="numpy",
+        # a small job still makes a few decode tasks per worker, so every worker gets batches
+        batch_size=max(1, min(DECODE_BATCH, -(-len(rows) // (4 * options.workers)))),
         num_cpus=0.5)
     dataset = dataset.map_batches(
         Worker, fn_constructor_kwargs={"cfg": worker_cfg}, batch_size=worker_cfg.runtime.batch_size,

@@ -96,3 +96,21 @@ def test_bad_options_are_one_line_errors(job, tmp_path):
     assert bad.returncode == 2 and "--workers and --shard-size must be >= 1" in error_line(bad)
     missing = run_tool("batch_infer", "-c", job["cfg"], "--input", tmp_path / "nope", "--output", tmp_path / "o")
     assert missing.returncode == 2 and "nope" in error_line(missing)
+
+
+def test_uri_sources_read_through_pyarrow_filesystems(job):
+    """A list-file URI (file://, read with pyarrow's filesystem like s3:// or hdfs:// would be) with labels and
+    relative paths: the images are read through the filesystem in the decode tasks, records keep the URIs."""
+    listing = job["root"] / "list.txt"
+    lines = [f"{p.relative_to(job['root'])}\t{p.parent.name}" for p in sorted(job["images"].rglob("*.png"))
+             if p.name != "corrupt.png"]
+    listing.write_text("\n".join(lines) + "\n")
+    out = job["root"] / "uri"
+    run_tool("batch_infer", "-c", job["cfg"], "--input", f"file://{listing}", "--output", out, "--quiet", check=True)
+    records = read_records(out)
+    assert sorted(r["path"] for r in records) == sorted(f"file://{p}" for p in job["paths"] if "corrupt" not in p)
+    expected = infer_records(job)
+    assert {r["path"][len("file://"):]: r | {"path": r["path"][len("file://"):]} for r in records} == expected
+    missing = run_tool("batch_infer", "-c", job["cfg"], "--input", f"file://{job['root']}/nope", "--output",
+                       job["root"] / "none")
+    assert missing.returncode == 2 and "image source not found" in error_line(missing)

@@ -191,10 +191,15 @@ def read_image(path: Path, mode: str = "BGR") -> np.ndarray:
         data = np.fromfile(str(path), dtype=np.uint8)
     except OSError as e:
         raise DataError(f"cannot read image {path}: {e.strerror or e}") from e
+    return decode_image(data, mode, str(path))
+
+
+def decode_image(data: np.ndarray, mode: str, name: str) -> np.ndarray:
+    """Decode an encoded image (the bytes of a PNG, JPEG, ... file called ``name``) into HWC uint8."""
     flag = cv2.IMREAD_GRAYSCALE if mode == "GRAY" else cv2.IMREAD_COLOR
     image = cv2.imdecode(data, flag) if data.size else None
     if image is None:
-        raise DataError(f"cannot decode image {path}: not an image OpenCV can read, or the file is corrupt")
+        raise DataError(f"cannot decode image {name}: not an image OpenCV can read, or the file is corrupt")
     if mode == "GRAY":
         return image[:, :, None]
     if mode == "RGB":
@@ -305,6 +310,10 @@ class ImagePipeline:
     def load(self, path: Path) -> tuple[np.ndarray, ImageRecord]:
         """Decode ``path`` and preprocess it."""
         return self.apply(read_image(path, self.decode.mode))
+
+    def load_bytes(self, data: np.ndarray, name: str) -> tuple[np.ndarray, ImageRecord]:
+        """Decode an image file's bytes (read from any filesystem) and preprocess it."""
+        return self.apply(decode_image(data, self.decode.mode, name))
 
     def apply(self, img: np.ndarray) -> tuple[np.ndarray, ImageRecord]:
         """Preprocess an already decoded HWC uint8 image (in the decode op's channel order)."""

@@ -62,7 +62,7 @@ def _from_folder(root: Path, labels: Optional[LabelReader]) -> list[ImageItem]:
     return items
 
 
-def _split_list_line(line: str) -> tuple[str, Optional[str]]:
+def split_list_line(line: str) -> tuple[str, Optional[str]]:
     """'path<TAB>label' (PaddleOCR's label files), else 'path label' with a one-word label, else 'path'."""
     if "\t" in line:
         path, label = line.split("\t", 1)
@@ -83,7 +83,7 @@ def _from_list_file(list_file: Path, labels: Optional[LabelReader]) -> list[Imag
     for lineno, line in enumerate(lines, 1):
         if not line.strip() or line.lstrip().startswith("#"):
             continue
-        path, text = _split_list_line(line)
+        path, text = split_list_line(line)
         label = None
         if text is not None and labels is not None:
             try:
