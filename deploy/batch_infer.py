@@ -357,7 +357,8 @@ def run_batch_inference(cfg: DeployConfig, options: ScaleOptions, *, quiet: bool
         num_cpus=0.5)
     dataset = dataset.map_batches(
         Worker, fn_constructor_kwargs={"cfg": worker_cfg}, batch_size=worker_cfg.runtime.batch_size,
-        batch_format="numpy", concurrency=options.workers, num_gpus=options.gpus_per_worker or None,
+        batch_format="numpy", compute=ray.data.ActorPoolStrategy(size=options.workers),
+        num_gpus=options.gpus_per_worker or None,
         num_cpus=options.cpus_per_worker)  # Ray Data restarts a dead actor and retries its batches (its defaults)
     run_id = time.strftime("%Y%m%d-%H%M%S") + "-" + uuid.uuid4().hex[:6]
     start = time.perf_counter()
