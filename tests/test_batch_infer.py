@@ -1,6 +1,6 @@
 """tools/batch_infer.py on a real local Ray (2 CPUs) over a real image folder with the real LeNet: the same records
-as tools/infer.py, a corrupt image recorded as a failure, and a run killed part-way then resumed with every image
-exactly once. Speed is measured by the --vs-infer command, never asserted here."""
+as tools/infer.py, a corrupt image recorded as a failure, a run killed part-way then resumed with every image
+exactly once, and a predictor actor killed mid-run replaced by Ray with no image lost. Speed is measured by the --vs-infer command, never asserted here."""
 import json
 import os
 import shutil
@@ -8,6 +8,7 @@ import signal
 import subprocess
 import sys
 import time
+from pathlib import Path
 
 import pytest
 
@@ -114,3 +115,38 @@ def test_uri_sources_read_through_pyarrow_filesystems(job):
     missing = run_tool("batch_infer", "-c", job["cfg"], "--input", f"file://{job['root']}/nope", "--output",
                        job["root"] / "none")
     assert missing.returncode == 2 and "image source not found" in error_line(missing)
+
+
+def _actor_pids(session: int) -> list[int]:
+    """The pids of this run's predictor actors (Ray names their processes ray::MapWorker(...))."""
+    pids = []
+    for proc in Path("/proc").iterdir():
+        try:
+            if proc.name.isdigit() and b"ray::MapWorker" in (proc / "cmdline").read_bytes() \
+                    and os.getsid(int(proc.name)) == session:
+                pids.append(int(proc.name))
+        except OSError:
+            continue
+    return pids
+
+
+def test_a_killed_worker_is_replaced_and_no_image_is_lost(job):
+    out = job["root"] / "actor_killed"
+    cmd = [sys.executable, str(ROOT / "tools" / "batch_infer.py"), "-c", str(job["cfg"]), "--input",
+           str(job["images"]), "--output", str(out), "--batch-size", "1", "--shard-size", "5", "--quiet"]
+    proc = subprocess.Popen(cmd, cwd=ROOT, start_new_session=True, stdout=subprocess.PIPE, stderr=subprocess.DEVNULL,
+                            text=True)
+    killed = []
+    deadline = time.time() + 180
+    while time.time() < deadline and proc.poll() is None and not killed:
+        if len(shard_paths(out, "jsonl")) >= 2:
+            for pid in _actor_pids(proc.pid):
+                os.kill(pid, signal.SIGKILL)  # the actor dies mid-run, with batches in flight
+                killed.append(pid)
+        time.sleep(0.02)
+    stdout, _ = proc.communicate(timeout=300)
+    assert killed, "no actor was running to kill"
+    assert proc.returncode == 0
+    records = read_records(out)
+    assert sorted(r["path"] for r in records) == job["paths"]  # every image exactly once
+    assert "summary: 121 images, 1 failures" in stdout
