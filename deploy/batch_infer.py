@@ -26,6 +26,7 @@ import numpy as np
 from tqdm import tqdm
 
 import deploy
+from deploy.cache import atomic_write_bytes, atomic_write_text
 from deploy.config.loader import DeployConfig
 from deploy.data.pipeline import ImagePipeline, ImageRecord
 from deploy.data.sources import IMAGE_SUFFIXES, Batch, ImageItem, LabelReader, group_batches, list_images, \
@@ -48,7 +49,7 @@ except ImportError as e:  # pragma: no cover - the message is the behaviour
 log = logging.getLogger(__name__)
 FORMATS = ("jsonl", "parquet")
 SHARD_PREFIX = "part-"
-TMP_PREFIX = ".tmp-"
+STALE_GLOB = f".{SHARD_PREFIX}*.tmp"  # cache.atomic_write_bytes's temp file of a shard a killed run was writing
 DECODE_BATCH = 256  # images per decode task at most (LeNet, 2 CPUs: 32 left the predictors idle, waiting)
 
 
@@ -129,26 +130,24 @@ def read_shard_paths(shard: Path) -> list[str]:
 
 
 def write_shard(out_dir: Path, name: str, fmt: str, records: list[dict]) -> Path:
-    """Write ``records`` to a temporary file, then rename it: a shard on disk is complete or absent."""
+    """Write ``records`` atomically (the project's one writer: temp file + rename), so a shard on disk is
+    complete or absent."""
     final = out_dir / f"{SHARD_PREFIX}{name}.{fmt}"
-    tmp = out_dir / f"{TMP_PREFIX}{name}.{fmt}"
     if fmt == "parquet":
         # every key of every record is a column (from_pylist alone takes the first record's keys only)
         keys = list(dict.fromkeys(key for record in records for key in record))
-        pq.write_table(pa.Table.from_pylist([{key: r.get(key) for key in keys} for r in records]), tmp)
+        buffer = pa.BufferOutputStream()
+        pq.write_table(pa.Table.from_pylist([{key: r.get(key) for key in keys} for r in records]), buffer)
+        atomic_write_bytes(final, buffer.getvalue().to_pybytes())
     else:
-        with tmp.open("w") as f:
-            f.writelines(json.dumps(r, ensure_ascii=False) + "\n" for r in records)
-            f.flush()
-            os.fsync(f.fileno())
-    os.replace(tmp, final)
+        atomic_write_text(final, "".join(json.dumps(r, ensure_ascii=False) + "\n" for r in records))
     return final
 
 
 def prepare_output(out_dir: Path, fmt: str, resume: bool) -> set[str]:
     """Create OUT_DIR; with --resume, the paths already done; without it, refuse to mix with earlier results."""
     out_dir.mkdir(parents=True, exist_ok=True)
-    for stale in out_dir.glob(f"{TMP_PREFIX}*"):  # a shard that was being written when a run died
+    for stale in out_dir.glob(STALE_GLOB):  # a shard that was being written when a run died
         stale.unlink()
     other = [p for p in shard_paths(out_dir, "parquet" if fmt == "jsonl" else "jsonl")]
     if other:

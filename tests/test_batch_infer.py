@@ -15,7 +15,7 @@ import pytest
 pytest.importorskip("ray", reason="batch inference needs Ray: pip install -r requirements-ray.txt")
 
 from conftest import LENET_CONFIG, ROOT, error_line, run_tool, write_config  # noqa: E402
-from deploy.batch_infer import read_records, read_shard_paths, shard_paths  # noqa: E402
+from deploy.batch_infer import STALE_GLOB, read_records, read_shard_paths, shard_paths  # noqa: E402
 
 PER_CLASS = 12
 
@@ -54,7 +54,7 @@ def test_same_records_as_infer_and_failures_recorded(job):
     expected = infer_records(job)
     assert {r["path"]: r for r in records if "error" not in r} == expected
     assert all(r["label"] == int(r["path"].split("/")[-2]) for r in expected.values())
-    assert len(shard_paths(out, "jsonl")) == 3 and not list(out.glob(".tmp-*"))
+    assert len(shard_paths(out, "jsonl")) == 3 and not list(out.glob(STALE_GLOB))
     assert f"summary: {len(job['paths'])} images, 1 failures" in result.stdout
     assert result.stdout.count("  worker ") == 2  # both actors took batches
     assert f"identical records: {len(expected)}/{len(expected)}" in result.stdout
@@ -79,13 +79,14 @@ def test_killed_run_resumes_with_every_image_exactly_once(job):
     again = run_tool("batch_infer", "-c", job["cfg"], "--input", job["images"], "--output", out, "--format",
                      "parquet")
     assert again.returncode == 2 and "pass --resume" in error_line(again)
+    (out / ".part-half.parquet.x1y2.tmp").write_bytes(b"PAR1 half a shard")  # what a kill mid-write leaves
     resumed = run_tool("batch_infer", "-c", job["cfg"], "--input", job["images"], "--output", out, "--format",
                        "parquet", "--resume", "--quiet", check=True)
     assert f"{done_before} already done" in resumed.stdout
     records = read_records(out)
     assert sorted(r["path"] for r in records) == job["paths"]  # no duplicate, no missing image
     assert all(p.read_bytes() == data for p, data in first.items())  # finished shards are never rewritten
-    assert not list(out.glob(".tmp-*"))
+    assert not list(out.glob(STALE_GLOB))
     failures = [r for r in records if r.get("error") is not None]  # parquet: None where a shard has no such key
     assert [r["path"] for r in failures] == [str(job["images"] / "3" / "corrupt.png")]
     assert {r["path"]: {k: v for k, v in r.items() if v is not None} for r in records if r.get("error") is None} \
