@@ -47,6 +47,8 @@ def overrides_from_args(args: argparse.Namespace) -> list[str]:
 
 def load_config_from_args(args: argparse.Namespace, extra: Optional[list[str]] = None):
     """The typed config named by -c, with shortcuts and -o applied."""
+    # Imported here, not for a cycle (loader never imports cli) but for start-up: the loader pulls in OpenCV
+    # (~0.9 s), which --help and argument errors of every tool should not wait for.
     from deploy.config.loader import load_config
 
     return load_config(args.config, overrides_from_args(args) + list(extra or []))
@@ -121,7 +123,7 @@ def int_list(text: Optional[str], option: str) -> list[int]:
 
 def run_specs_from_args(args: argparse.Namespace) -> list:
     """The RunSpecs of -c at --precisions plus each --compare: runtime shortcuts apply to all, -o to -c only."""
-    from deploy.report.runs import parse_backends, parse_precisions, run_specs
+    from deploy.report.runs import parse_backends, parse_precisions, run_specs  # start-up, as above
 
     shortcuts = overrides_from_args(argparse.Namespace(**{**vars(args), "override": []}))
     backends = parse_backends(args.backends) if args.backends else []
