@@ -30,7 +30,7 @@ from deploy.cache import atomic_write_bytes, atomic_write_text
 from deploy.config.loader import DeployConfig
 from deploy.data.pipeline import ImagePipeline, ImageRecord
 from deploy.data.sources import IMAGE_SUFFIXES, Batch, ImageItem, LabelReader, group_batches, list_images, \
-    split_list_line
+    parse_list_lines
 from deploy.engines.factory import create_predictor
 from deploy.engines.plan import resolve_plan
 from deploy.errors import DataError, UnsupportedError
@@ -201,16 +201,8 @@ def list_uri(uri: str, labels: LabelReader) -> list[ImageItem]:
         with fs.open_input_stream(root) as f:
             lines = f.read().decode("utf-8").splitlines()
         base = root.rsplit("/", 1)[0]
-        items = []
-        for line in lines:
-            if not line.strip() or line.lstrip().startswith("#"):
-                continue
-            path, text = split_list_line(line)
-            try:
-                label = labels.read_label(text) if text is not None else None
-            except ValueError as e:
-                raise DataError(f"{uri}: bad label {text[:60]!r}: {e}") from e
-            items.append(ImageItem(path if is_uri(path) else prefix + f"{base}/{path}", label))
+        items = [ImageItem(path if is_uri(path) else prefix + f"{base}/{path}", label)
+                 for path, label in parse_list_lines(lines, labels, uri)]
     else:
         raise DataError(f"image source not found: {uri}")
     if not items:

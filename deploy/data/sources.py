@@ -62,7 +62,7 @@ def _from_folder(root: Path, labels: Optional[LabelReader]) -> list[ImageItem]:
     return items
 
 
-def split_list_line(line: str) -> tuple[str, Optional[str]]:
+def _split_list_line(line: str) -> tuple[str, Optional[str]]:
     """'path<TAB>label' (PaddleOCR's label files), else 'path label' with a one-word label, else 'path'."""
     if "\t" in line:
         path, label = line.split("\t", 1)
@@ -79,19 +79,26 @@ def _from_list_file(list_file: Path, labels: Optional[LabelReader]) -> list[Imag
     except (OSError, UnicodeDecodeError) as e:
         raise DataError(f"cannot read list file {list_file}: {e}; pass a folder, an image, a glob or a UTF-8 "
                         "list file of 'path[<TAB>label]' lines") from e
-    items = []
+    return [ImageItem((list_file.parent / path).resolve(), label)
+            for path, label in parse_list_lines(lines, labels, str(list_file))]
+
+
+def parse_list_lines(lines: list[str], labels: Optional[LabelReader], where: str) -> list[tuple[str, Any]]:
+    """(path as written, label or None) per line of a list file; blank and '#' lines skipped; a malformed
+    label is a DataError naming ``where`` and the line."""
+    entries = []
     for lineno, line in enumerate(lines, 1):
         if not line.strip() or line.lstrip().startswith("#"):
             continue
-        path, text = split_list_line(line)
+        path, text = _split_list_line(line)
         label = None
         if text is not None and labels is not None:
             try:
                 label = labels.read_label(text)
             except ValueError as e:
-                raise DataError(f"{list_file}:{lineno}: bad label {text[:60]!r}: {e}") from e
-        items.append(ImageItem((list_file.parent / path).resolve(), label))
-    return items
+                raise DataError(f"{where}:{lineno}: bad label {text[:60]!r}: {e}") from e
+        entries.append((path, label))
+    return entries
 
 
 def list_images(source: Path | str, labels: Optional[LabelReader] = None) -> list[ImageItem]:
