@@ -17,9 +17,8 @@ def _scored_metric(accuracy: dict) -> tuple[str, str]:
 
 
 def within_budget(accuracy: dict, benchmark: dict, points: float) -> dict:
-    """report.json's ``budget`` section from its ``accuracy`` and ``benchmark`` sections."""
-    if points < 0:
-        raise DataError(f"--budget is the accuracy loss allowed in points and must be >= 0, got {points}")
+    """report.json's ``budget`` section from its ``accuracy`` and ``benchmark`` sections (``points`` >= 0,
+    checked by precision_report before any work)."""
     key, header = _scored_metric(accuracy)
     value = {r["label"]: r.get(key) for r in accuracy["results"]}
     reference = value.get(accuracy["reference"])
