@@ -10,6 +10,7 @@ from __future__ import annotations
 import contextlib
 import dataclasses
 import datetime as _dt
+import errno
 import hashlib
 import json
 import logging
@@ -22,7 +23,7 @@ from typing import Any, Iterator, Optional
 from deploy.config.loader import DeployConfig
 from deploy.data.pipeline import ops_fingerprint
 from deploy.engines.model import ModelFiles
-from deploy.errors import CalibrationError
+from deploy.errors import CalibrationError, OutputError
 
 
 log = logging.getLogger(__name__)
@@ -41,20 +42,33 @@ def _umask() -> int:
     return mask
 
 
+def write_failure(path: Path, e: OSError) -> OutputError:
+    """The one-line error for an OSError while writing ``path`` (no space, read-only, permission...)."""
+    if e.errno in (errno.ENOSPC, errno.EDQUOT):
+        return OutputError(f"no space left on the device of {path}: free some space or write elsewhere")
+    if e.errno == errno.EROFS:
+        return OutputError(f"cannot write {path}: the filesystem is read-only; write elsewhere")
+    return OutputError(f"cannot write {path}: {e.strerror or e}; choose a writable path")
+
+
 def atomic_write_bytes(path: Path, data: bytes) -> None:
     """Write ``path`` through a temp file in the same directory + rename: readers never see half a file."""
     path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    tmp = None
     try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
         with os.fdopen(fd, "wb") as f:
             f.write(data)
             f.flush()
             os.fsync(f.fileno())
         os.chmod(tmp, 0o666 & ~_umask())  # mkstemp makes 0600; artifacts are as readable as any file
         os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
+    except BaseException as e:
+        if tmp is not None:
+            Path(tmp).unlink(missing_ok=True)
+        if isinstance(e, OSError):
+            raise write_failure(path, e) from e
         raise
 
 
@@ -66,6 +80,56 @@ def atomic_write_text(path: Path, text: str) -> None:
 def atomic_write_json(path: Path, data: Any) -> None:
     """Atomically write indented JSON."""
     atomic_write_text(path, json.dumps(data, indent=2, sort_keys=False) + "\n")
+
+
+MIN_FREE_BYTES = 1 << 20  # an output check fails below this much free space
+
+
+def _existing_ancestor(path: Path) -> Path:
+    path = Path(os.path.abspath(path))
+    while not path.exists() and path != path.parent:
+        path = path.parent
+    return path
+
+
+def _check_can_create_in(folder: Path, target: Path, need_bytes: int) -> None:
+    """A file can be created in ``folder`` (probe: create and delete one) and its filesystem has room."""
+    if not folder.is_dir():
+        raise OutputError(f"cannot write {target}: {folder} is a file, not a folder; choose another path")
+    try:
+        fd, probe = tempfile.mkstemp(prefix=".write-check-", dir=folder)
+        os.close(fd)
+        os.unlink(probe)
+        stats = os.statvfs(folder)
+    except OSError as e:
+        raise write_failure(target, e) from e
+    free = stats.f_bavail * stats.f_frsize
+    if free < max(need_bytes, MIN_FREE_BYTES):
+        raise OutputError(f"no space left on the device of {target} ({free >> 20} MiB free, "
+                          f"{max(need_bytes, MIN_FREE_BYTES) >> 20} MiB needed): free some space or write elsewhere")
+
+
+def check_output_file(path: Path, option: str, need_bytes: int = 0) -> None:
+    """Before a run: ``path`` (from ``option``) can be written as a file. Raises OutputError naming the option
+    when it is a folder, lies under a file, or its filesystem is read-only or full."""
+    path = Path(path)
+    if path.is_dir():
+        raise OutputError(f"{option} {path} is a folder; give a file path")
+    try:
+        _check_can_create_in(_existing_ancestor(path.parent), path, need_bytes)
+    except OutputError as e:
+        raise OutputError(f"{option}: {e}") from None
+
+
+def check_output_dir(path: Path, option: str, need_bytes: int = 0) -> None:
+    """Before a run: files can be written inside the folder ``path`` (from ``option``), created if missing."""
+    path = Path(path)
+    if path.exists() and not path.is_dir():
+        raise OutputError(f"{option} {path} is a file, not a folder; give a folder path")
+    try:
+        _check_can_create_in(_existing_ancestor(path), path, need_bytes)
+    except OutputError as e:
+        raise OutputError(f"{option}: {e}") from None
 
 
 def staging_dir(final: Path) -> Path:

@@ -25,3 +25,8 @@ class ModelError(DeployError):
 
 class CalibrationError(DeployError):
     """Calibration artifacts are missing, stale or could not be produced."""
+
+
+class OutputError(DeployError):
+    """An output path cannot be written (a folder where a file goes, under a file, read-only, no space), or
+    writing there would replace something the toolkit did not create."""
