@@ -9,6 +9,7 @@ import warnings
 from pathlib import Path
 from typing import Callable, Optional
 
+from deploy import signals
 from deploy.errors import ConfigError, DeployError
 
 PRECISIONS = ("fp32", "fp16", "int8", "bf16")
@@ -63,14 +64,19 @@ def setup_logging(quiet: bool) -> None:
 
 
 def run_tool(main: Callable[[Optional[list[str]]], Optional[int]], argv: Optional[list[str]] = None) -> None:
-    """Run a tool's main; a DeployError becomes one 'error: ...' line and exit 2."""
+    """Run a tool's main; a DeployError becomes one 'error: ...' line and exit 2; Ctrl-C (SIGINT) and SIGTERM
+    unwind (staging folders removed, nothing half-installed) and exit 130 and 143."""
     quiet = "--quiet" in (argv if argv is not None else sys.argv[1:])
     setup_logging(quiet)
+    signals.install()
     try:
         code = main(argv)
     except DeployError as e:
         print(f"error: {e}", file=sys.stderr)
         sys.exit(e.exit_code)
+    except signals.Terminated as e:
+        print(f"error: terminated (signal {e.signum}); artifacts from earlier runs are untouched", file=sys.stderr)
+        sys.exit(128 + e.signum)
     except KeyboardInterrupt:
         print("error: interrupted; artifacts from earlier runs are untouched", file=sys.stderr)
         sys.exit(130)

@@ -10,6 +10,7 @@ from pathlib import Path
 from typing import Optional
 
 from deploy.table import format_table
+from deploy import signals
 
 DEVICES = ("gpu", "cpu")
 BACKENDS = ("trt", "paddle", "openvino")
@@ -78,6 +79,7 @@ def probe() -> Environment:
     import paddle
     import paddle.inference as pi
 
+    signals.reclaim_from_paddle()  # the first paddle import replaced our SIGTERM handler with Paddle's
     model, flags = _read_cpu_info()
     cuda = paddle.is_compiled_with_cuda()
     return Environment(
