@@ -11,14 +11,19 @@ import contextlib
 import dataclasses
 import datetime as _dt
 import errno
+import fcntl
 import hashlib
 import json
 import logging
 import os
+import re
 import shutil
+import signal
 import tempfile
+import threading
+import uuid
 from pathlib import Path
-from typing import Any, Iterator, Optional
+from typing import Any, Iterator, Optional, Sequence
 
 from deploy.config.loader import DeployConfig
 from deploy.data.pipeline import ops_fingerprint
@@ -132,35 +137,219 @@ def check_output_dir(path: Path, option: str, need_bytes: int = 0) -> None:
         raise OutputError(f"{option}: {e}") from None
 
 
-def staging_dir(final: Path) -> Path:
-    """A fresh scratch directory beside ``final`` (same filesystem, so the final rename is atomic)."""
-    final.parent.mkdir(parents=True, exist_ok=True)
-    staged = Path(tempfile.mkdtemp(prefix=f".{final.name}.staging-", dir=final.parent))
-    os.chmod(staged, 0o777 & ~_umask())
-    return staged
+# ---------------------------------------------------------------- installs: only ever replace our own folders
 
-
-def replace_dir(staged: Path, final: Path) -> None:
-    """Move a fully written ``staged`` directory to ``final``, replacing what was there."""
-    old = None
-    if final.exists():
-        old = final.with_name(f".{final.name}.old-{os.getpid()}")
-        os.replace(final, old)
-    os.replace(staged, final)
-    if old is not None:
-        shutil.rmtree(old, ignore_errors=True)
+OWNER_MARKER = ".paddle-deploy.json"  # in every folder the toolkit installs: it may replace that folder later
+_LEFTOVER = re.compile(r"^\.(?P<name>.+)\.(?:staging|old)-(?P<pid>\d+)(?:-.*)?$")
+_held_locks: dict[Path, int] = {}
+_journaled: set[Path] = set()  # staged paths an unfinished install journal of this process refers to
 
 
 @contextlib.contextmanager
-def staged_dir(final: Path) -> Iterator[Path]:
-    """A scratch dir beside ``final``: moved into place when the block completes, removed when it fails."""
+def locked(lock_file: Path) -> Iterator[None]:
+    """An exclusive fcntl lock on ``lock_file`` (created if missing), re-entrant within the process: one manifest
+    update or install at a time, across processes. The kernel drops it when the process dies."""
+    lock_file = Path(os.path.abspath(lock_file))
+    if lock_file in _held_locks:
+        _held_locks[lock_file] += 1
+        try:
+            yield
+        finally:
+            _held_locks[lock_file] -= 1
+        return
+    try:
+        lock_file.parent.mkdir(parents=True, exist_ok=True)
+        fd = os.open(lock_file, os.O_RDWR | os.O_CREAT, 0o666 & ~_umask())
+    except OSError as e:
+        raise write_failure(lock_file, e) from e
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX)
+        _held_locks[lock_file] = 1
+        try:
+            yield
+        finally:
+            del _held_locks[lock_file]
+            fcntl.flock(fd, fcntl.LOCK_UN)
+    finally:
+        os.close(fd)
+
+
+def _pid_alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return True
+
+
+def staging_dir(final: Path) -> Path:
+    """A fresh scratch directory beside ``final`` (same filesystem, so the final rename is atomic), named with our
+    pid so a later run can tell a dead run's leftovers from a live one's."""
+    try:
+        final.parent.mkdir(parents=True, exist_ok=True)
+        staged = Path(tempfile.mkdtemp(prefix=f".{final.name}.staging-{os.getpid()}-", dir=final.parent))
+        os.chmod(staged, 0o777 & ~_umask())
+    except OSError as e:
+        raise write_failure(final, e) from e
+    return staged
+
+
+@contextlib.contextmanager
+def staged_dir(final: Path, kind: str) -> Iterator[Path]:
+    """A scratch dir beside ``final``, marked as made by the toolkit (``kind``: what it holds); removed when the
+    block fails. Install it with ``install``."""
     staged = staging_dir(final)
     try:
+        atomic_write_json(staged / OWNER_MARKER, {"created_by": "paddle-deploy", "kind": kind, "created": _now()})
         yield staged
-        replace_dir(staged, final)
     except BaseException:
-        shutil.rmtree(staged, ignore_errors=True)
+        if staged not in _journaled:  # a failed install's journal still needs it: the next run finishes it
+            shutil.rmtree(staged, ignore_errors=True)
         raise
+
+
+def stage_file(final: Path, data: bytes) -> Path:
+    """``data`` written to a staging file beside ``final`` (same filesystem), for ``install``."""
+    try:
+        fd, staged = tempfile.mkstemp(prefix=f".{final.name}.staging-{os.getpid()}-", dir=final.parent)
+        with os.fdopen(fd, "wb") as f:
+            f.write(data)
+            f.flush()
+            os.fsync(f.fileno())
+        os.chmod(staged, 0o666 & ~_umask())
+    except OSError as e:
+        raise write_failure(final, e) from e
+    return Path(staged)
+
+
+def _ours(folder: Path, legacy: Sequence[str]) -> bool:
+    """Made by the toolkit: it holds our marker, or (from before the marker) only the files ``legacy`` names,
+    among them the first (the provenance file that only we write)."""
+    names = {p.name for p in folder.iterdir()}
+    return OWNER_MARKER in names or (bool(legacy) and legacy[0] in names and names <= set(legacy))
+
+
+def check_replaceable(final: Path, option: str, *, keep: Sequence[Path] = (), legacy: Sequence[str] = (),
+                      need_bytes: int = 0) -> None:
+    """Before the work: an install may put a folder at ``final`` (from ``option``). It may replace only a folder
+    the toolkit made (or an empty one), and never one that holds any of ``keep`` (the model, the user's data)."""
+    final = Path(os.path.abspath(final))
+    for path in keep:
+        path = Path(os.path.abspath(path))
+        if path == final or final in path.parents:
+            raise OutputError(f"{option} {final} holds {path}, which the install would replace; choose a new or "
+                              "empty folder")
+    if not final.exists():
+        check_output_dir(final.parent, option, need_bytes)
+        return
+    if not final.is_dir():
+        raise OutputError(f"{option} {final} is a file; choose a new or empty folder")
+    if any(final.iterdir()) and not _ours(final, legacy):
+        raise OutputError(f"{option} {final} already holds files this toolkit did not create (no {OWNER_MARKER}); "
+                          "it replaces only its own folders: choose a new or empty folder")
+    check_output_dir(final, option, need_bytes)
+
+
+def _journals(anchor: Path) -> list[Path]:
+    return sorted(anchor.parent.glob(f".{anchor.name}.install-*.json"))
+
+
+def install(anchor: Path, moves: Sequence[tuple[Path, Path]], manifest_entry: Optional[tuple[str, dict]] = None,
+            ) -> None:
+    """Move each staged path onto its final path (a folder or a file), then record ``manifest_entry`` (target,
+    entry) in the manifest ``anchor`` when given; under ``anchor``'s lock.
+
+    A journal written first lists every step, so a run killed half-way is finished by the next one that locks
+    ``anchor`` (``recover``): the previous artifacts are never lost and never left mismatching the manifest."""
+    anchor = Path(os.path.abspath(anchor))
+    steps = [[str(s), str(f), str(f.with_name(f".{f.name}.old-{os.getpid()}"))] for s, f in moves]
+    journal = {"pid": os.getpid(), "created": _now(), "moves": steps,
+               "manifest": list(manifest_entry) if manifest_entry else None}
+    staged = {Path(s) for s, _ in moves}
+    # SIGINT/SIGTERM wait until the install is done (milliseconds); SIGKILL leaves the journal for the next run.
+    with locked(_lock_file(anchor)), _signals_deferred():
+        path = anchor.with_name(f".{anchor.name}.install-{os.getpid()}-{uuid.uuid4().hex[:8]}.json")
+        atomic_write_json(path, journal)
+        _journaled.update(staged)
+        _finish(anchor, journal)
+        path.unlink()
+        _journaled.difference_update(staged)
+
+
+@contextlib.contextmanager
+def _signals_deferred() -> Iterator[None]:
+    if threading.current_thread() is not threading.main_thread():
+        yield
+        return
+    deferred = {signal.SIGINT, signal.SIGTERM}
+    previous = signal.pthread_sigmask(signal.SIG_BLOCK, deferred)
+    try:
+        yield
+    finally:
+        signal.pthread_sigmask(signal.SIG_SETMASK, previous)
+
+
+def _finish(anchor: Path, journal: dict) -> None:
+    """Do the steps of an install journal that are not done yet (each step is idempotent)."""
+    for staged, final, old in (map(Path, step) for step in journal["moves"]):
+        if staged.exists():
+            if final.exists() and not old.exists():
+                os.replace(final, old)
+            os.replace(staged, final)
+    if journal["manifest"]:
+        target, entry = journal["manifest"]
+        _write_entry(anchor, target, entry)
+    for _, _, old in journal["moves"]:
+        _remove(Path(old))
+
+
+def _remove(path: Path) -> None:
+    if path.is_dir() and not path.is_symlink():
+        shutil.rmtree(path, ignore_errors=True)
+    else:
+        path.unlink(missing_ok=True)
+
+
+def _lock_file(anchor: Path) -> Path:
+    return anchor.with_name(f".{anchor.name}.lock")
+
+
+def recover(anchor: Path) -> None:
+    """Finish installs into ``anchor``'s folder that a killed run left half-done, then remove the staging and old
+    folders of dead runs beside the finals they were for. Cheap when there is nothing to do."""
+    anchor = Path(os.path.abspath(anchor))
+    journals = _journals(anchor)
+    if journals:
+        with locked(_lock_file(anchor)):
+            for path in _journals(anchor):
+                try:
+                    journal = json.loads(path.read_text())
+                    _finish(anchor, journal)
+                except (OSError, ValueError, KeyError, TypeError) as e:
+                    raise CalibrationError(f"cannot finish the interrupted install recorded in {path}: {e}; "
+                                           "remove it and rerun") from e
+                log.warning("finished an install that a killed run (pid %s, %s) left half-done", journal["pid"],
+                            journal["created"])
+                path.unlink()
+
+
+def remove_dead_leftovers(folder: Path, name: str) -> list[Path]:
+    """The staging and old folders (and files) for ``name`` that runs which have died left in ``folder``, removed.
+    Only names the toolkit makes (``.<name>.staging-<pid>-*``, ``.<name>.old-<pid>``) of dead pids are touched;
+    call it after ``recover``, which may still need them."""
+    removed = []
+    if not folder.is_dir():
+        return removed
+    for path in folder.iterdir():
+        match = _LEFTOVER.match(path.name)
+        if match and match["name"] == name and int(match["pid"]) != os.getpid() and not _pid_alive(int(match["pid"])):
+            _remove(path)
+            removed.append(path)
+    if removed:
+        log.info("removed %d leftover(s) of killed runs in %s", len(removed), folder)
+    return removed
 
 
 def sha256_file(path: Path) -> str:
@@ -193,29 +382,83 @@ def artifact_fingerprint(paths: list[Path]) -> dict[str, str]:
     return {p.name: sha256_file(p) for p in sorted(paths)}
 
 
-def read_manifest(files: ModelFiles) -> dict:
-    """The manifest beside the model, or an empty one."""
-    path = opt_cache_dir(files) / MANIFEST_NAME
+def manifest_path(files: ModelFiles) -> Path:
+    """``<model dir>/_opt_cache/calibration.json``."""
+    return opt_cache_dir(files) / MANIFEST_NAME
+
+
+def _now() -> str:
+    return _dt.datetime.now().astimezone().isoformat(timespec="seconds")
+
+
+def _manifest_problem(data: Any) -> Optional[str]:
+    """What is wrong with the shape of a manifest (None when it is one)."""
+    if not isinstance(data, dict) or not isinstance(data.get("targets"), dict):
+        return "expected an object with 'format' and 'targets'"
+    if data.get("format") != MANIFEST_FORMAT:
+        return f"format {data.get('format')!r}, expected {MANIFEST_FORMAT}"
+    for target, entry in data["targets"].items():
+        model = entry.get("model") if isinstance(entry, dict) else None
+        artifacts = entry.get("artifacts") if isinstance(entry, dict) else None
+        if not (isinstance(model, dict) and all(isinstance(model.get(k), str)
+                                                for k in ("program_sha256", "params_sha256"))):
+            return f"target '{target}' has no model fingerprint"
+        if not (isinstance(artifacts, dict) and isinstance(artifacts.get("dir"), str)
+                and isinstance(artifacts.get("files"), dict)):
+            return f"target '{target}' has no artifact list"
+    return None
+
+
+def _read_manifest_file(path: Path) -> dict:
     if not path.is_file():
         return {"format": MANIFEST_FORMAT, "targets": {}}
     try:
-        data = json.loads(path.read_text())
-    except ValueError as e:
-        raise CalibrationError(f"{path} is not valid JSON ({e}); delete it and rerun tools/calibrate.py") from e
-    if data.get("format") != MANIFEST_FORMAT:
-        raise CalibrationError(f"{path} has format {data.get('format')}, expected {MANIFEST_FORMAT}; "
-                               "rerun tools/calibrate.py")
+        data = json.loads(path.read_text(encoding="utf-8"))
+    except (OSError, ValueError) as e:
+        raise CalibrationError(f"{path} is not readable JSON ({e}); delete it and rerun tools/calibrate.py") from e
+    problem = _manifest_problem(data)
+    if problem:
+        raise CalibrationError(f"{path} is not a calibration manifest ({problem}); delete it and rerun "
+                               "tools/calibrate.py")
     return data
 
 
-def write_manifest_entry(files: ModelFiles, target: str, entry: dict) -> Path:
-    """Record one target's calibration (``cpu`` or ``trt``) in the manifest, atomically."""
-    manifest = read_manifest(files)
-    manifest["targets"][target] = {"created": _dt.datetime.now().astimezone().isoformat(timespec="seconds"),
-                                   **entry}
-    path = opt_cache_dir(files) / MANIFEST_NAME
+def read_manifest(files: ModelFiles) -> dict:
+    """The manifest beside the model (an empty one when there is none), after finishing an install a killed run
+    left half-done. CalibrationError when it is unreadable or not a manifest."""
+    path = manifest_path(files)
+    recover(path)
+    return _read_manifest_file(path)
+
+
+def _write_entry(path: Path, target: str, entry: dict) -> None:
+    """Read-modify-write of one target's entry; the caller holds the manifest's lock."""
+    manifest = _read_manifest_file(path)
+    manifest["targets"][target] = entry
     atomic_write_json(path, manifest)
+
+
+def new_entry(entry: dict) -> dict:
+    """A manifest entry stamped with its creation time."""
+    return {"created": _now(), **entry}
+
+
+def write_manifest_entry(files: ModelFiles, target: str, entry: dict) -> Path:
+    """Record one target's calibration (``cpu``, ``trt``...) in the manifest, atomically and under its lock, so
+    two runs finishing together never drop each other's entry."""
+    path = manifest_path(files)
+    with locked(_lock_file(path)):
+        _write_entry(path, target, new_entry(entry))
     return path
+
+
+def prepare_install(files: ModelFiles, final: Path) -> None:
+    """Before a calibration's long work: the manifest is readable (finishing a half-done install), and the staging
+    and old folders that killed runs left beside ``final`` are removed."""
+    path = manifest_path(files)
+    read_manifest(files)
+    with locked(_lock_file(path)):
+        remove_dead_leftovers(final.parent, final.name)
 
 
 def calibrate_command(cfg: DeployConfig) -> str:
@@ -299,6 +542,6 @@ def guard_engine_cache(files: ModelFiles, cache_dir: Path) -> list[Path]:
         log.warning("removed %d stale TensorRT engine(s) from %s: %s; TensorRT rebuilds them on this run",
                     len(stale), cache_dir, why)
     atomic_write_json(record_path, {"format": MANIFEST_FORMAT,
-                                    "created": _dt.datetime.now().astimezone().isoformat(timespec="seconds"),
+                                    "created": _now(),
                                     "model": now})
     return stale

@@ -24,7 +24,8 @@ from deploy import cache
 from deploy.config.loader import CalibrationConfig, DeployConfig, NncfConfig
 from deploy.data.sources import Batch, ImageItem, group_batches, list_images, load_images
 from deploy.env import default_device, probe, support_reason
-from deploy.errors import CalibrationError, DataError, UnsupportedError
+from deploy.config.schema import closest_key
+from deploy.errors import CalibrationError, ConfigError, DataError, UnsupportedError
 from deploy.engines.model import ModelFiles, ensure_model, inspect_model, quant_scales
 from deploy.engines.openvino import read_program, write_ir
 from deploy.engines.paddle import Predictor, native_stderr_to_log
@@ -160,9 +161,29 @@ def calibrate(cfg: DeployConfig, *, images: Optional[str] = None, num_images: Op
               allow_fewer: Optional[bool] = None, output_dir: Optional[Path] = None,
               quiet: bool = False) -> CalibrationResult:
     """Calibrate the config's model for INT8 on its device: a TRT table on GPU, a quantized model on CPU."""
+    if num_images is not None and num_images < 1:
+        raise ConfigError(f"--num-images {num_images}: expected a positive number of calibration images, e.g. 500")
     cfg = replace(cfg, runtime=replace(cfg.runtime, precision="int8"))
     device, backend = _target(cfg)
     files = ensure_model(cfg.model, quiet=quiet)
+    _check_calibratable(cfg, files)
+    # Everything that can fail is checked before the long work: where the artifacts go, the manifest.
+    final = _check_destination(cfg, files, backend, output_dir, images)
+    cache.prepare_install(files, final)
+    calib = load_calibration_set(cfg, source=images, num_images=num_images, allow_fewer=allow_fewer, quiet=quiet)
+    start = time.perf_counter()
+    if backend == "trt":
+        result = _calibrate_trt(cfg, files, calib, quiet)
+    elif backend == "openvino":
+        result = _calibrate_openvino(cfg, files, calib, quiet)
+    else:
+        result = _calibrate_cpu(cfg, files, calib, final, quiet)
+    result.seconds = time.perf_counter() - start
+    return result
+
+
+def _check_calibratable(cfg: DeployConfig, files: ModelFiles) -> None:
+    """A classic, not yet quantized program, and every calibration.skip_tensors name one of its weights."""
     info = inspect_model(files)
     if info.quantized:
         ops = ", ".join(f"{k} x{v}" for k, v in sorted(info.quant_op_counts.items()))
@@ -173,16 +194,32 @@ def calibrate(cfg: DeployConfig, *, images: Optional[str] = None, num_images: Op
         raise CalibrationError(f"{files.program} is a PIR (.json) program; PaddleSlim and Paddle-TRT calibrate only "
                                "the classic .pdmodel format: export it with FLAGS_enable_pir_api=0 set before "
                                "paddle is imported")
-    calib = load_calibration_set(cfg, source=images, num_images=num_images, allow_fewer=allow_fewer, quiet=quiet)
-    start = time.perf_counter()
+    unknown = [name for name in cfg.calibration.skip_tensors if name not in info.weights]
+    if unknown:
+        raise ConfigError(f"calibration.skip_tensors: '{unknown[0]}' is not a weight tensor of {files.program}; "
+                          f"{closest_key(unknown[0], list(info.weights))} (list them: python "
+                          f"tools/inspect_model.py -c {cfg.source} --weights)")
+
+
+def _check_destination(cfg: DeployConfig, files: ModelFiles, backend: str, output_dir: Optional[Path],
+                       images: Optional[str]) -> Path:
+    """Where the target's artifacts go, after checking they can go there: writable, with room for them, and
+    replacing only a folder the toolkit made (never the model, nor the calibration images)."""
+    need = 2 * (files.program.stat().st_size + files.params.stat().st_size)
     if backend == "trt":
-        result = _calibrate_trt(cfg, files, calib, quiet)
-    elif backend == "openvino":
-        result = _calibrate_openvino(cfg, files, calib, quiet)
+        final = trt_table_dir(resolve_plan(cfg, quiet=True, calibrating=True))
+        cache.check_output_dir(final, "runtime.trt.cache_dir" if cfg.runtime.trt.cache_dir else "_opt_cache", need)
+        return final
+    if backend == "openvino":
+        final, option, legacy = openvino_int8_dir(files), "_opt_cache/int8_openvino", ("model.xml", "model.bin")
     else:
-        result = _calibrate_cpu(cfg, files, calib, output_dir or cfg.calibration.output_dir, quiet)
-    result.seconds = time.perf_counter() - start
-    return result
+        final = cpu_int8_dir(cfg, files, output_dir).absolute()
+        option = "--output-dir" if output_dir else "calibration.output_dir"
+        legacy = ("scales.json", "inference.pdmodel", "inference.pdiparams")
+    source = images or cfg.calibration.images
+    keep = [files.program, files.params] + ([Path(source)] if source and Path(source).exists() else [])
+    cache.check_replaceable(final, option, keep=keep, legacy=legacy, need_bytes=need)
+    return final
 
 
 # ---------------------------------------------------------------- TensorRT: Paddle-TRT calibration mode
@@ -216,10 +253,10 @@ def _calibrate_trt(cfg: DeployConfig, files: ModelFiles, calib: CalibrationSet, 
                 " the predictor was not destroyed, or the GPU ran out of memory")
         table_dir = trt_table_dir(plan)
         installed = [table_dir / t.name for t in tables]
-        for src, dst in zip(tables, installed):
-            cache.atomic_write_bytes(dst, src.read_bytes())
-        entry = _manifest_entry(cfg, files, calib, "trt", "tensorrt-entropy", "trt", table_dir, installed)
-        manifest = cache.write_manifest_entry(files, "trt", entry)
+        staged = [cache.stage_file(dst, src.read_bytes()) for src, dst in zip(tables, installed)]
+        entry = _manifest_entry(cfg, files, calib, "trt", "tensorrt-entropy", "trt", table_dir, tables)
+        manifest = cache.manifest_path(files)
+        cache.install(manifest, list(zip(staged, installed)), ("trt", cache.new_entry(entry)))
     finally:
         shutil.rmtree(scratch, ignore_errors=True)
     log.info("wrote TensorRT calibration table %s", ", ".join(str(p) for p in installed))
@@ -297,11 +334,10 @@ def _quantize_post_static(files: ModelFiles, calib: CalibrationSet, settings: Ca
         paddle.disable_static()
 
 
-def _calibrate_cpu(cfg: DeployConfig, files: ModelFiles, calib: CalibrationSet, output_dir: Optional[Path],
+def _calibrate_cpu(cfg: DeployConfig, files: ModelFiles, calib: CalibrationSet, final: Path,
                    quiet: bool) -> CalibrationResult:
     algo = cfg.calibration.algo
-    final = cpu_int8_dir(cfg, files, output_dir)
-    with cache.staged_dir(final) as staged:
+    with cache.staged_dir(final, "int8_cpu") as staged:
         skip = (image_convs(files) if cfg.calibration.keep_image_conv_fp32 else []) + cfg.calibration.skip_tensors
         _quantize_post_static(files, calib, cfg.calibration, staged, quiet, skip)
         quantized = ModelFiles(staged / "inference.pdmodel", staged / "inference.pdiparams")
@@ -311,7 +347,8 @@ def _calibrate_cpu(cfg: DeployConfig, files: ModelFiles, calib: CalibrationSet, 
         entry = {**_manifest_entry(cfg, files, calib, "cpu", algo, "paddle-ptq-onednn", final, artifacts),
                  "fp32_tensors": skip, "observe_all_ops": cfg.calibration.observe_all_ops,
                  "quantize_op_types": cfg.calibration.quantize_op_types}
-    manifest = cache.write_manifest_entry(files, "cpu", entry)
+        manifest = cache.manifest_path(files)
+        cache.install(manifest, [(staged, final)], ("cpu", cache.new_entry(entry)))
     installed = [final / p.name for p in artifacts]
     log.info("wrote quantized model %s (%d tensors with scales)", final, len(scales))
     return CalibrationResult("cpu", installed, manifest, calib.count, 0.0)
@@ -352,12 +389,13 @@ def _nncf_quantize(files: ModelFiles, calib: CalibrationSet, settings: NncfConfi
 def _calibrate_openvino(cfg: DeployConfig, files: ModelFiles, calib: CalibrationSet,
                         quiet: bool) -> CalibrationResult:
     final = openvino_int8_dir(files)
-    with cache.staged_dir(final) as staged:
+    with cache.staged_dir(final, "int8_openvino") as staged:
         _nncf_quantize(files, calib, cfg.calibration.nncf, staged / "model.xml", quiet)
         artifacts = [staged / "model.xml", staged / "model.bin"]
         entry = {**_manifest_entry(cfg, files, calib, "openvino", "nncf", "openvino", final, artifacts),
                  "nncf": dataclasses.asdict(cfg.calibration.nncf)}
-    manifest = cache.write_manifest_entry(files, "openvino", entry)
+        manifest = cache.manifest_path(files)
+        cache.install(manifest, [(staged, final)], ("openvino", cache.new_entry(entry)))
     installed = [final / p.name for p in artifacts]
     log.info("wrote OpenVINO INT8 model %s", final)
     return CalibrationResult("openvino", installed, manifest, calib.count, 0.0)

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import importlib.util
 import logging
-import shutil
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -22,6 +21,9 @@ from deploy.data.pipeline import ImagePipeline
 from deploy.tasks.classification import ClassificationTask
 
 log = logging.getLogger(__name__)
+# What a QAT export folder holds (qat.json first: only we write it); an older export without our marker is
+# recognised by these names alone.
+QAT_FILES = ("qat.json", "inference.pdmodel", "inference.pdiparams", "inference.pdiparams.info")
 QAT_CONFIG = {"weight_quantize_type": "channel_wise_abs_max",
               "activation_quantize_type": "moving_average_abs_max",
               "quantizable_layer_type": ["Conv2D", "Linear"], "onnx_format": True}
@@ -134,6 +136,7 @@ def run_qat(cfg: DeployConfig, *, quiet: bool = False) -> QatResult:
     _require(qc, "network_file", "network_class", "weights", "train_images")
     if cfg.model.dir is None or cfg.data.images is None:
         raise ConfigError("QAT exports to model.dir and evaluates on data.images: set both in the config")
+    _check_model_dir(cfg)
     start = time.perf_counter()
     paddle.seed(qc.seed)
     x_train, y_train = _labelled_arrays(qc.train_images, cfg, quiet, "load train")
@@ -150,13 +153,23 @@ def run_qat(cfg: DeployConfig, *, quiet: bool = False) -> QatResult:
     return QatResult(files, before, after, time.perf_counter() - start)
 
 
+def _check_model_dir(cfg: DeployConfig) -> None:
+    """Before training: model.dir is new, empty, or an earlier QAT export (never the FP32 model, the weights or
+    the images); a half-done export of a killed run is finished and dead runs' leftovers removed."""
+    final = cfg.model.dir.absolute()
+    cache.recover(final)
+    cache.remove_dead_leftovers(final.parent, final.name)
+    qc = cfg.qat
+    keep = [p for p in (qc.weights, qc.train_images, cfg.data.images, qc.network_file) if p is not None]
+    cache.check_replaceable(final, "model.dir", keep=keep, legacy=QAT_FILES)
+
+
 def _export(cfg: DeployConfig, model: Any, chw: tuple, info: dict) -> ModelFiles:
     import paddle
     from paddleslim import QAT
 
-    final = cfg.model.dir
-    staged = cache.staging_dir(final)
-    try:
+    final = cfg.model.dir.absolute()
+    with cache.staged_dir(final, "qat") as staged:
         export = paddle.nn.Sequential(model, paddle.nn.Softmax(axis=-1)) if cfg.qat.export_softmax else model
         export.eval()
         spec = [paddle.static.InputSpec([None, *chw], "float32", name="x")]
@@ -165,8 +178,5 @@ def _export(cfg: DeployConfig, model: Any, chw: tuple, info: dict) -> ModelFiles
         if not files.program.is_file() or not inspect_model(files).quantized:
             raise ModelError(f"QAT export did not produce a quantized classic model in {staged}")
         cache.atomic_write_json(staged / "qat.json", {**info, "source_weights": str(cfg.qat.weights)})
-        cache.replace_dir(staged, final)
-    except BaseException:
-        shutil.rmtree(staged, ignore_errors=True)
-        raise
+        cache.install(final, [(staged, final)])
     return ModelFiles(final / "inference.pdmodel", final / "inference.pdiparams")

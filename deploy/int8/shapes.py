@@ -74,10 +74,11 @@ def collect_shapes(cfg: DeployConfig, *, images: Optional[str] = None, num_image
     singles = {batch.array.shape[1:]: Batch(batch.items[:1], batch.array[:1], batch.records[:1])
                for batch in calib.batches if batch.array.shape[0] > 1}
     runs = list(calib.batches) + list(singles.values())  # batch 1 of every image shape: the ranges start at 1
-    staged = cache.staging_dir(final)
+    cache.prepare_install(plan.model, final)
+    scratch = cache.staging_dir(final)
     start = time.perf_counter()
     try:
-        collected = staged / final.name
+        collected = scratch / final.name
         with Predictor(replace(plan, collect_shapes=collected)) as predictor:
             for batch in tqdm(runs, disable=quiet, unit="batch", desc="collect shapes"):
                 predictor.run(calib.task.feeds(batch, predictor.input_names))
@@ -87,14 +88,15 @@ def collect_shapes(cfg: DeployConfig, *, images: Optional[str] = None, num_image
             raise CalibrationError(f"Paddle wrote no shape range file after {len(runs)} runs on {plan.device}; "
                                    "run with a GPU build, or check the log for Paddle errors")
         ranges = read_shape_ranges(collected)
-        cache.atomic_write_bytes(final, collected.read_bytes())
+        entry = {"config": str(cfg.source), "model": cache.model_fingerprint(plan.model),
+                 "images_sha256": calib.fingerprint(), "images_source": calib.source, "num_images": calib.count,
+                 "batch_size": cfg.runtime.batch_size, "device": plan.device,
+                 "artifacts": {"dir": str(final.parent), "files": cache.artifact_fingerprint([collected])}}
+        staged = cache.stage_file(final, collected.read_bytes())
+        cache.install(cache.manifest_path(plan.model), [(staged, final)],
+                      (SHAPES_MANIFEST_TARGET, cache.new_entry(entry)))
     finally:
-        shutil.rmtree(staged, ignore_errors=True)
-    entry = {"config": str(cfg.source), "model": cache.model_fingerprint(plan.model),
-             "images_sha256": calib.fingerprint(), "images_source": calib.source, "num_images": calib.count,
-             "batch_size": cfg.runtime.batch_size, "device": plan.device,
-             "artifacts": {"dir": str(final.parent), "files": cache.artifact_fingerprint([final])}}
-    cache.write_manifest_entry(plan.model, SHAPES_MANIFEST_TARGET, entry)
+        shutil.rmtree(scratch, ignore_errors=True)
     inputs = {name: ranges[name] for name in input_names if name in ranges}
     result = ShapeCollection(final, calib.count, len(runs), time.perf_counter() - start, plan.device, inputs)
     log.info("wrote %s; its provenance is in %s", final, cache.opt_cache_dir(plan.model) / cache.MANIFEST_NAME)
