@@ -8,6 +8,8 @@ from __future__ import annotations
 import hashlib
 import json
 import math
+import os
+import stat
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any, Callable, Literal, Optional, Union
@@ -187,24 +189,48 @@ def ops_fingerprint(ops: list[Any]) -> str:
 
 def read_image(path: Path, mode: str = "BGR") -> np.ndarray:
     """The one place images are read: decode ``path`` into HWC uint8, or raise DataError."""
+    return decode_image(_read_regular_file(Path(path)), mode, str(path))
+
+
+def _not_regular(path: Path) -> DataError:
+    return DataError(f"cannot read image {path}: not a regular file (a FIFO, device, socket or folder); "
+                     "list only image files")
+
+
+def _read_regular_file(path: Path) -> np.ndarray:
+    """The bytes of ``path``; anything but a regular file is refused before it is opened (opening a FIFO blocks
+    until a writer comes, a device may never end), and checked again on the open file in case it was swapped."""
     try:
-        data = np.fromfile(str(path), dtype=np.uint8)
+        if not stat.S_ISREG(os.stat(path).st_mode):
+            raise _not_regular(path)
+        fd = os.open(path, os.O_RDONLY | getattr(os, "O_NONBLOCK", 0) | getattr(os, "O_BINARY", 0))
+        with os.fdopen(fd, "rb") as f:
+            if not stat.S_ISREG(os.fstat(f.fileno()).st_mode):
+                raise _not_regular(path)
+            return np.frombuffer(f.read(), dtype=np.uint8)
     except OSError as e:
         raise DataError(f"cannot read image {path}: {e.strerror or e}") from e
-    return decode_image(data, mode, str(path))
+
+
+def _cv_reason(e: cv2.error) -> str:
+    """OpenCV's own one-line reason (its str() spans lines and names its source files)."""
+    return getattr(e, "err", None) or str(e).strip().splitlines()[-1]
 
 
 def decode_image(data: np.ndarray, mode: str, name: str) -> np.ndarray:
     """Decode an encoded image (the bytes of a PNG, JPEG, ... file called ``name``) into HWC uint8."""
     flag = cv2.IMREAD_GRAYSCALE if mode == "GRAY" else cv2.IMREAD_COLOR
-    image = cv2.imdecode(data, flag) if data.size else None
+    try:
+        image = cv2.imdecode(data, flag) if data.size else None
+        if image is not None and mode == "RGB":
+            image = cv2.cvtColor(image, cv2.COLOR_BGR2RGB)
+    except cv2.error as e:
+        raise DataError(f"cannot decode image {name}: OpenCV refused it ({_cv_reason(e)}); the file is corrupt or "
+                        "has more pixels than OpenCV reads (2^30 unless the OPENCV_IO_MAX_IMAGE_PIXELS environment "
+                        "variable raises it)") from e
     if image is None:
         raise DataError(f"cannot decode image {name}: not an image OpenCV can read, or the file is corrupt")
-    if mode == "GRAY":
-        return image[:, :, None]
-    if mode == "RGB":
-        return cv2.cvtColor(image, cv2.COLOR_BGR2RGB)
-    return image
+    return image[:, :, None] if mode == "GRAY" else image
 
 
 def _resize(img: np.ndarray, op: Resize) -> np.ndarray:
@@ -282,6 +308,11 @@ _APPLY: dict[type, Callable[[np.ndarray, Any], np.ndarray]] = {
 _RESIZES = (Resize, ResizeKeepRatio, ResizeLimitSide)
 
 
+def _op_name(op: Any) -> str:
+    """The op's name as the YAML writes it."""
+    return next(name for name, cls in OP_TYPES.items() if isinstance(op, cls))
+
+
 @dataclass(frozen=True)
 class ImageRecord:
     """What preprocessing did to one image, for the tasks that map results back to it (boxes, polygons)."""
@@ -309,17 +340,22 @@ class ImagePipeline:
 
     def load(self, path: Path) -> tuple[np.ndarray, ImageRecord]:
         """Decode ``path`` and preprocess it."""
-        return self.apply(read_image(path, self.decode.mode))
+        return self.apply(read_image(path, self.decode.mode), str(path))
 
     def load_bytes(self, data: np.ndarray, name: str) -> tuple[np.ndarray, ImageRecord]:
         """Decode an image file's bytes (read from any filesystem) and preprocess it."""
-        return self.apply(decode_image(data, self.decode.mode, name))
+        return self.apply(decode_image(data, self.decode.mode, name), name)
 
-    def apply(self, img: np.ndarray) -> tuple[np.ndarray, ImageRecord]:
-        """Preprocess an already decoded HWC uint8 image (in the decode op's channel order)."""
+    def apply(self, img: np.ndarray, name: str = "image") -> tuple[np.ndarray, ImageRecord]:
+        """Preprocess an already decoded HWC uint8 image (in the decode op's channel order); an op OpenCV cannot
+        run on it (``name``) is a DataError."""
         src_hw = resized_hw = img.shape[:2]
         for op in self.ops:
-            img = _APPLY[type(op)](img, op)
+            try:
+                img = _APPLY[type(op)](img, op)
+            except cv2.error as e:
+                raise DataError(f"cannot preprocess image {name}: OpenCV failed in {_op_name(op)} on the "
+                                f"{src_hw[0]}x{src_hw[1]} image ({_cv_reason(e)}); fix the image or the op") from e
             if isinstance(op, _RESIZES):
                 resized_hw = img.shape[:2]
         array = img.astype(np.float32, copy=False)
