@@ -20,6 +20,7 @@ from deploy.data.pipeline import ImagePipeline, ImageRecord
 log = logging.getLogger(__name__)
 
 T = TypeVar("T")
+BOM = "\ufeff"
 IMAGE_SUFFIXES = {".png", ".jpg", ".jpeg", ".bmp", ".tif", ".tiff", ".webp", ".pgm", ".ppm"}
 
 
@@ -75,7 +76,7 @@ def _split_list_line(line: str) -> tuple[str, Optional[str]]:
 
 def _from_list_file(list_file: Path, labels: Optional[LabelReader]) -> list[ImageItem]:
     try:
-        lines = list_file.read_text(encoding="utf-8").splitlines()
+        lines = list_file.read_text(encoding="utf-8-sig").splitlines()
     except (OSError, UnicodeDecodeError) as e:
         raise DataError(f"cannot read list file {list_file}: {e}; pass a folder, an image, a glob or a UTF-8 "
                         "list file of 'path[<TAB>label]' lines") from e
@@ -85,8 +86,11 @@ def _from_list_file(list_file: Path, labels: Optional[LabelReader]) -> list[Imag
 
 def parse_list_lines(lines: list[str], labels: Optional[LabelReader], where: str) -> list[tuple[str, Any]]:
     """(path as written, label or None) per line of a list file; blank and '#' lines skipped; a malformed
-    label is a DataError naming ``where`` and the line."""
+    label is a DataError naming ``where`` and the line. A UTF-8 byte order mark (Windows editors write one)
+    is not part of the first path."""
     entries = []
+    if lines and lines[0].startswith(BOM):
+        lines = [lines[0][len(BOM):], *lines[1:]]
     for lineno, line in enumerate(lines, 1):
         if not line.strip() or line.lstrip().startswith("#"):
             continue
@@ -120,6 +124,16 @@ def list_images(source: Path | str, labels: Optional[LabelReader] = None) -> lis
     if not items:
         raise DataError(f"no images found in {source} (looked for {', '.join(sorted(IMAGE_SUFFIXES))})")
     return [replace(item, index=i) for i, item in enumerate(items)]
+
+
+def nothing_read(count: int, what: str, first: DataError, source: Any = None) -> DataError:
+    """The error of a run in which not one of ``count`` inputs (``what``: images, documents) could be read: the
+    input's own error when there was one."""
+    if count == 1:
+        return first
+    where = f" in {source}" if source is not None else ""
+    return DataError(f"none of the {count} {what}{where} could be read (the first: {first}); fix the files or "
+                     "the paths")
 
 
 @dataclass
