@@ -9,6 +9,7 @@ from typing import Optional, Sequence
 import numpy as np
 
 from deploy.data.sources import Batch, load_label_names
+from deploy.errors import DataError
 from deploy.tasks.base import MetricColumn, Metrics, Task
 
 TOPK_METRIC = 5
@@ -64,6 +65,16 @@ def cosine_rows(a: np.ndarray, b: np.ndarray) -> np.ndarray:
     return np.where(norms > 0, dots / np.where(norms > 0, norms, 1.0), np.where(both_zero, 1.0, 0.0))
 
 
+def check_labels(batch: Batch, classes: int) -> None:
+    """Every known label is one of the model's ``classes`` ids (a label the output cannot have would silently
+    count as a miss); the number of classes is known for sure only from the output."""
+    for item in batch.items:
+        if item.label is not None and not 0 <= item.label < classes:
+            raise DataError(f"{item.path}: label {item.label} is not a class of the model, whose output has "
+                            f"{classes} classes (ids 0-{classes - 1}); fix the label in the list file or the "
+                            "sub-folder name")
+
+
 class ClassificationTask(Task):
     """Top-k class ids and names per image (PaddleClas and any single-output classifier)."""
 
@@ -84,6 +95,10 @@ class ClassificationTask(Task):
         label = self.folder_label(text)
         if label is None:
             raise ValueError("expected a class id or a name from postprocess.label_list")
+        names = self.label_names
+        if names and label >= len(names):
+            raise ValueError(f"class id {label} is out of range: postprocess.label_list has {len(names)} classes "
+                             f"(ids 0-{len(names) - 1})")
         return label
 
     def folder_label(self, name: str) -> Optional[int]:
@@ -96,6 +111,7 @@ class ClassificationTask(Task):
 
     def postprocess(self, outputs: dict[str, np.ndarray], batch: Batch) -> list[Prediction]:
         output = next(iter(outputs.values()))  # a classifier has one output: the class scores
+        check_labels(batch, output.reshape(output.shape[0], -1).shape[1])
         pp = self.cfg.postprocess
         return topk(output, pp.topk, self.label_names, pp.softmax)
 
