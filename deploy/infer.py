@@ -10,10 +10,10 @@ from typing import Any, Optional
 
 from tqdm import tqdm
 
-from deploy.cache import atomic_write_json
+from deploy.cache import atomic_write_json, check_output_file
 from deploy.config.loader import DeployConfig
 from deploy.data.pipeline import ImagePipeline
-from deploy.data.sources import IMAGE_SUFFIXES, ImageItem, Loading, iter_batches, list_images
+from deploy.data.sources import ImageItem, Loading, iter_batches, list_images, nothing_read
 from deploy.engines.factory import create_predictor
 from deploy.engines.plan import resolve_plan
 from deploy.errors import DataError
@@ -66,15 +66,19 @@ def run_inference(cfg: DeployConfig, *, images: Optional[str] = None, output: Op
     source = images or cfg.data.images
     if source is None:
         raise DataError("no images to run: pass --image FILE|DIR|LIST or set data.images in the config")
+    if output is not None:
+        check_output_file(output, "--output")  # before the run, not after all the work
     plan = resolve_plan(cfg, quiet=quiet)
     task = build_task(cfg)
     items = list_images(source, task)
-    single = Path(str(source)).is_file() and Path(str(source)).suffix.lower() in IMAGE_SUFFIXES
+    single = len(items) == 1 and items[0].path == Path(str(source))  # an image, not a folder or list of one
     log.info("running %s (%s)", plan.describe(), task.name)
     failures: list[str] = []
+    errors: list[DataError] = []
 
     def skip(item: ImageItem, err: DataError) -> None:
         failures.append(str(item.path))
+        errors.append(err)
         log.warning("skipped %s", err)
 
     done: list[tuple[ImageItem, Any]] = []
@@ -86,6 +90,8 @@ def run_inference(cfg: DeployConfig, *, images: Optional[str] = None, output: Op
                                   Loading.of(cfg.runtime, predictor.releases_gil)):
             done.extend(zip(batch.items, task.predict(predictor, batch)))
         seconds = time.perf_counter() - start
+    if not done:
+        raise nothing_read(len(items), "images", errors[0], source)
     done.sort(key=lambda pair: pair[0].index)  # batches group equal shapes: back to input order
     labelled = [(item, result) for item, result in done if item.label is not None]
     metrics = task.score([r for _, r in labelled], [i.label for i, _ in labelled]) if labelled else None

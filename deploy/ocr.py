@@ -12,15 +12,15 @@ import cv2
 import numpy as np
 from tqdm import tqdm
 
-from deploy.cache import atomic_write_bytes, atomic_write_json
+from deploy.cache import atomic_write_bytes, atomic_write_json, check_output_dir, check_output_file
 from deploy.config.loader import OcrSystemConfig, parse_labelled_overrides
 from deploy.data.pipeline import read_image
-from deploy.data.sources import ImageItem, list_images
-from deploy.errors import DataError
+from deploy.data.sources import ImageItem, list_images, nothing_read
+from deploy.errors import ConfigError, DataError
 from deploy.report.report import report_header, write_report
 from deploy.tasks.base import Metrics
 from deploy.tasks.ocr_det import parse_det_label
-from deploy.tasks.ocr_system import OcrLines, OcrSystem, agreement, end_to_end
+from deploy.tasks.ocr_system import OcrLines, OcrSystem, agreement, end_to_end, ensure_stage_models
 
 log = logging.getLogger(__name__)
 CONSOLE_LIMIT = 10
@@ -68,28 +68,45 @@ class OcrSummary:
                 **(self.metrics or {})}
 
 
-def documents(cfg: OcrSystemConfig, images: Optional[str], limit: Optional[int]) -> list[ImageItem]:
-    """The documents to read (default: data.images), with their labels when the source has them."""
+def check_limit(limit: Optional[int]) -> None:
+    """--limit counts documents: at least one (a slice would silently drop the last ones, or read none)."""
+    if limit is not None and limit < 1:
+        raise ConfigError(f"--limit must be >= 1 (the number of documents to read), got {limit}")
+
+
+def documents(cfg: OcrSystemConfig, images: Optional[str], limit: Optional[int], *,
+              quiet: bool = False) -> list[ImageItem]:
+    """The documents to read (default: data.images), with their labels when the source has them. Each stage's
+    model is built first when missing: its build also writes the demo documents data.images names."""
+    check_limit(limit)
     source = images or cfg.data.images
     if source is None:
         raise DataError("no images: pass --image FILE|DIR|LIST or set data.images in the OCR system config")
+    ensure_stage_models(cfg, quiet=quiet)
     return list_images(source, DocumentLabels())[:limit]
 
 
 def read_documents(cfg: OcrSystemConfig, items: list[ImageItem], *, quiet: bool, desc: str = "ocr") -> OcrSummary:
-    """Run the system over every document; an unreadable one is counted and skipped."""
+    """Run the system over every document; an unreadable one is counted and skipped, unless it is the only one
+    or none could be read (a run that read nothing is an error)."""
     done: list[tuple[ImageItem, OcrLines]] = []
     failures: list[str] = []
+    errors: list[DataError] = []
     with OcrSystem(cfg, quiet=quiet) as system:
         start = time.perf_counter()
         for item in tqdm(items, disable=quiet, unit="img", desc=desc):
             try:
                 done.append((item, system(item.path)))
             except DataError as e:
+                if len(items) == 1:
+                    raise
                 failures.append(str(item.path))
+                errors.append(e)
                 log.warning("skipped %s", e)
         seconds = time.perf_counter() - start
         stages = system.describe()
+    if not done:
+        raise nothing_read(len(items), "documents", errors[0])
     labelled = [(item, lines) for item, lines in done if item.label is not None]
     metrics = end_to_end([lines for _, lines in labelled], [item.label for item, _ in labelled]) if labelled else None
     return OcrSummary(stages, len(done), failures, seconds, sum(len(r.texts) for _, r in done), metrics,
@@ -99,7 +116,11 @@ def read_documents(cfg: OcrSystemConfig, items: list[ImageItem], *, quiet: bool,
 def run_ocr(cfg: OcrSystemConfig, *, images: Optional[str] = None, output: Optional[Path] = None,
             visualize: Optional[Path] = None, limit: Optional[int] = None, quiet: bool = False) -> OcrSummary:
     """Run the OCR system over ``images`` (default: data.images)."""
-    summary = read_documents(cfg, documents(cfg, images, limit), quiet=quiet)
+    if output is not None:  # before the run, not after all the work
+        check_output_file(output, "--output")
+    if visualize is not None:
+        check_output_dir(visualize, "--visualize")
+    summary = read_documents(cfg, documents(cfg, images, limit, quiet=quiet), quiet=quiet)
     done, failures = summary.results, summary.failures
     if not quiet:
         for item, lines in done[:CONSOLE_LIMIT]:
@@ -147,7 +168,12 @@ def compare_systems(runs: list[tuple[str, OcrSystemConfig]], *, images: Optional
                     limit: Optional[int] = None, output_dir: Optional[Path] = None, quiet: bool = False) -> dict:
     """Run each labelled system config over the same documents; the first is the reference. Returns report
     data (report.json's keys, task ocr_system) and writes report.json / report.md / accuracy.png to output_dir."""
-    items = documents(runs[0][1], images, limit)
+    check_limit(limit)
+    if output_dir is not None:  # before the runs, not after all the work
+        check_output_dir(output_dir, "--output-dir")
+    for _, cfg in runs[1:]:  # documents() builds the reference's
+        ensure_stage_models(cfg, quiet=quiet)
+    items = documents(runs[0][1], images, limit, quiet=quiet)
     summaries = [(label, cfg, read_documents(cfg, items, quiet=quiet, desc=label)) for label, cfg in runs]
     reference = [lines for _, lines in summaries[0][2].results]
     results = []

@@ -20,6 +20,7 @@ from deploy.config.loader import DeployConfig, OcrSystemConfig, StageConfig, loa
 from deploy.data.pipeline import ImagePipeline, read_image
 from deploy.data.sources import Batch, ImageItem, group_batches
 from deploy.engines.factory import AnyPredictor, create_predictor
+from deploy.engines.model import ensure_model
 from deploy.engines.plan import resolve_plan
 from deploy.errors import ConfigError
 from deploy.tasks.base import Metrics, Task
@@ -59,8 +60,8 @@ class Stage:
 
     def run(self, images: Sequence[np.ndarray], path: Path) -> list[Any]:
         """Preprocess decoded images, batch them as the stage's config says, predict: results in input order."""
-        loaded = [((ImageItem(path, index=i), record), array)
-                  for i, (array, record) in enumerate(self.pipeline.apply(img) for img in images)]
+        prepared = [self.pipeline.apply(img, f"{path} ({self.name} input {i})") for i, img in enumerate(images)]
+        loaded = [((ImageItem(path, index=i), record), array) for i, (array, record) in enumerate(prepared)]
         results: list[Any] = [None] * len(images)
         for keys, array in group_batches(loaded, self.pipeline, self.cfg.runtime.batch_size):
             batch = Batch([item for item, _ in keys], array, [record for _, record in keys])
@@ -69,9 +70,27 @@ class Stage:
         return results
 
 
+def stage_config(stage: StageConfig) -> DeployConfig:
+    """A stage's model config at the stage's precision."""
+    return load_config(stage.config, [f"runtime.precision={stage.precision}"])
+
+
+def enabled_stages(cfg: OcrSystemConfig) -> list[tuple[str, StageConfig]]:
+    """(name, stage) of the stages that run, in order: det, cls (when present and enabled), rec."""
+    cls = [("cls", cfg.cls)] if cfg.cls is not None and cfg.cls.enabled else []
+    return [("det", cfg.det), *cls, ("rec", cfg.rec)]
+
+
+def ensure_stage_models(cfg: OcrSystemConfig, *, quiet: bool = False) -> None:
+    """Build every enabled stage's model when missing (model.build), as every tool does on first use: a demo
+    model's build also writes the labelled documents the system config's data.images names."""
+    for _, stage in enabled_stages(cfg):
+        ensure_model(stage_config(stage).model, quiet=quiet)
+
+
 def load_stage(name: str, stage: StageConfig, expected: type[Task], *, quiet: bool) -> Stage:
     """Load a stage's config at its precision and build its predictor; the config must be of the right task."""
-    cfg = load_config(stage.config, [f"runtime.precision={stage.precision}"])
+    cfg = stage_config(stage)
     task = build_task(cfg)
     if not isinstance(task, expected):
         raise ConfigError(f"the OCR system's '{name}' stage needs a {expected.name} config, but {stage.config} is "
@@ -114,6 +133,9 @@ def crop_box(image: np.ndarray, box: np.ndarray) -> np.ndarray:
     return np.rot90(crop) if height / width >= 1.5 else crop
 
 
+STAGE_TASKS: dict[str, type[Task]] = {"det": OcrDetTask, "cls": ClassificationTask, "rec": OcrRecTask}
+
+
 class OcrSystem:
     """The loaded pipeline; a context manager that owns its predictors."""
 
@@ -121,10 +143,8 @@ class OcrSystem:
         self.cfg = cfg
         self.stages: dict[str, Stage] = {}
         try:
-            self.stages["det"] = load_stage("det", cfg.det, OcrDetTask, quiet=quiet)
-            if cfg.cls is not None and cfg.cls.enabled:
-                self.stages["cls"] = load_stage("cls", cfg.cls, ClassificationTask, quiet=quiet)
-            self.stages["rec"] = load_stage("rec", cfg.rec, OcrRecTask, quiet=quiet)
+            for name, stage in enabled_stages(cfg):
+                self.stages[name] = load_stage(name, stage, STAGE_TASKS[name], quiet=quiet)
         except BaseException:
             self.close()
             raise
