@@ -255,3 +255,15 @@ def test_full_and_read_only_disks_fail_before_the_work_with_one_line(lenet_confi
     subprocess.run(["mount", "-o", "remount,ro", str(small_fs)], check=True)
     result = run_tool("calibrate", "-c", lenet_config, "--output-dir", small_fs / "int8", *FAST)
     assert result.returncode == 2 and "read-only" in error_line(result)
+    result = run_tool("eval", "-c", lenet_config, "--precisions", "fp32", "--output-dir", small_fs / "report")
+    assert result.returncode == 2 and "--output-dir" in error_line(result) and "read-only" in error_line(result)
+
+
+def test_report_output_dir_is_checked_before_the_evaluation(lenet_config, tmp_path):
+    a_file = tmp_path / "a_file"
+    a_file.write_text("x")
+    for target in (a_file, a_file / "report"):
+        result = run_tool("eval", "-c", lenet_config, "--precisions", "fp32", "--output-dir", target)
+        assert result.returncode == 2 and "--output-dir" in error_line(result)
+        assert "top-1" not in result.stdout  # nothing was evaluated
+    assert a_file.read_text() == "x"

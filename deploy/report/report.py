@@ -11,7 +11,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Optional, Sequence
 
-from deploy.cache import atomic_write_bytes, atomic_write_json, atomic_write_text
+from deploy.cache import atomic_write_bytes, atomic_write_json, atomic_write_text, check_output_dir
 from deploy.env import probe
 from deploy.errors import DataError
 from deploy.report import plots
@@ -52,7 +52,7 @@ def precision_report(*, runs: Sequence[RunSpec], evaluation: Optional[EvalOption
     if budget is not None and budget < 0:
         raise DataError(f"--budget is the accuracy loss allowed in points and must be >= 0, got {budget}")
     if output_dir is not None:
-        _check_writable(output_dir)
+        check_output_dir(output_dir, "--output-dir")  # before minutes of work, not after
     loaded = load_runs(runs, quiet=quiet)
     check_same_preprocess(loaded)
     sweep_sizes = evaluation.calib_sweep if evaluation is not None else []
@@ -67,14 +67,6 @@ def precision_report(*, runs: Sequence[RunSpec], evaluation: Optional[EvalOption
         data["budget"] = within_budget(data["accuracy"], data["benchmark"], budget)
     files = write_report(output_dir, data) if output_dir is not None else []
     return Report(data, files)
-
-
-def _check_writable(output_dir: Path) -> None:
-    """Fail before minutes of work, not after."""
-    try:
-        output_dir.mkdir(parents=True, exist_ok=True)
-    except OSError as e:
-        raise DataError(f"cannot create the report directory {output_dir}: {e.strerror or e}") from e
 
 
 def environment_info() -> dict:
