@@ -6,6 +6,7 @@ error names the key, the file and a fix.
 from __future__ import annotations
 
 import copy
+import os
 import re
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -15,7 +16,7 @@ import yaml
 
 from deploy.errors import ConfigError
 from deploy.data.pipeline import parse_ops
-from deploy.config.schema import build_dataclass, check_keys, closest_key, field_types
+from deploy.config.schema import build_dataclass, check_keys, closest_key, closest_match, field_types
 
 Device = Literal["auto", "cpu", "gpu"]
 Backend = Literal["paddle", "trt", "openvino"]
@@ -23,6 +24,26 @@ Precision = Literal["fp32", "fp16", "int8", "bf16"]
 CalibAlgo = Literal["hist", "KL", "mse", "avg", "abs_max", "emd"]
 # The op types Paddle's post-training quantization quantizes by default (weights and inputs).
 QUANTIZABLE_OPS = ("conv2d", "depthwise_conv2d", "mul", "matmul", "matmul_v2")
+# Every op type Paddle's post-training quantization accepts: the keys of Paddle 3.3.1's
+# paddle.static.quantization.quant_config.SUPPORT_QUANTIZATION_OP_DICT (any other name fails an assert deep inside
+# PTQ). Kept here so loading a config does not import Paddle; tests/test_faults_config.py checks it still matches.
+PTQ_OP_TYPES = frozenset((
+    "abs", "arg_max", "argmax", "assign", "batch_norm", "bilinear_interp", "bilinear_interp_v2", "box_coder",
+    "cast", "clip", "concat", "conv2d", "conv2d_transpose", "crop", "cumsum", "depthwise_conv2d", "dropout",
+    "elementwise_add", "elementwise_mul", "elementwise_pow", "elementwise_sub", "equal", "expand_v2",
+    "fill_any_like", "fill_constant", "fill_constant_batch_size_like", "flatten", "flatten2",
+    "flatten_contiguous_range", "gather", "gelu", "greater_equal", "greater_than", "grid_sampler", "group_norm",
+    "gru", "hard_sigmoid", "hard_swish", "instance_norm", "layer_norm", "leaky_relu", "less_equal", "less_than",
+    "logical_and", "logical_not", "lookup_table", "lookup_table_v2", "lstm", "matmul", "matmul_v2", "mean",
+    "meshgrid", "mul", "nearest_interp", "nearest_interp_v2", "norm", "not_equal", "p_norm", "pad2d", "pad3d",
+    "pool2d", "pow", "prelu", "reduce_max", "reduce_mean", "reduce_sum", "relu", "relu6", "reshape", "reshape2",
+    "roi_align", "scale", "shuffle_channel", "sigmoid", "slice", "softmax", "softplus", "split", "square",
+    "squeeze", "squeeze2", "stack", "strided_slice", "swish", "tanh", "tile", "top_k_v2", "transpose",
+    "transpose2", "trilinear_interp", "unsqueeze2", "where"))
+# Measured with LeNet on a 2-core machine (Paddle 3.3.1, oneDNN): 16384 math threads ran (7 s per batch of 64
+# instead of 0.02 s), 32768 aborted the whole process in OpenMP ("System unable to allocate necessary resources
+# for OMP thread", SIGABRT). Threads past the core count only slow inference, so a sane bound is far lower.
+MAX_CPU_THREADS = 1024
 TaskName = Literal["classification", "ocr_det", "ocr_rec", "detection"]
 OVERRIDE = "command line (-o)"
 
@@ -108,6 +129,13 @@ class PaddleConfig:
                              f"{self.onednn_cache_capacity}")
 
 
+def _too_many_threads(threads: int) -> str:
+    cores = os.cpu_count() or 1
+    return (f"'runtime.cpu_threads' (--threads) must be at most {MAX_CPU_THREADS}, got {threads}: Paddle's OpenMP "
+            f"aborts the whole process when it cannot create that many threads, and threads beyond the cores "
+            f"({cores} here) only slow inference; use 0 (all cores) or a number up to {cores}")
+
+
 @dataclass
 class RuntimeConfig:
     """Device, backend, precision and threads."""
@@ -133,6 +161,8 @@ class RuntimeConfig:
             raise ValueError(f"'runtime.batch_size' must be >= 1, got {self.batch_size}")
         if self.cpu_threads < 0:
             raise ValueError(f"'runtime.cpu_threads' must be >= 0 (0 = all cores), got {self.cpu_threads}")
+        if self.cpu_threads > MAX_CPU_THREADS:
+            raise ValueError(_too_many_threads(self.cpu_threads))
         if self.prefetch_batches < 0 or self.decode_threads < 1:
             raise ValueError(f"'runtime.prefetch_batches' must be >= 0 and 'runtime.decode_threads' >= 1, got "
                              f"{self.prefetch_batches} and {self.decode_threads}")
@@ -186,6 +216,15 @@ class NncfConfig:
     ignored_types: list[str] = field(default_factory=list)  # OpenVINO op types left in FP32, e.g. Convolution
 
 
+def _unknown_op_type(op: str) -> str:
+    match = closest_match(op, sorted(PTQ_OP_TYPES), cutoff=0.7)  # 0.5 would offer 'gru' for 'bogus'
+    hint = f"did you mean '{match}'?" if match else (f"the default list is [{', '.join(QUANTIZABLE_OPS)}]; "
+                                                    f"any op type of paddle.static.quantization's "
+                                                    f"SUPPORT_QUANTIZATION_OP_DICT is allowed")
+    return (f"'calibration.quantize_op_types' has '{op}', which is not an op type Paddle's post-training "
+            f"quantization can quantize; {hint}")
+
+
 @dataclass
 class CalibrationConfig:
     """INT8 calibration: which images, how many, and the PaddleSlim algorithm for CPU quantization."""
@@ -206,6 +245,9 @@ class CalibrationConfig:
     def __post_init__(self) -> None:
         if self.num_images < 1:
             raise ValueError(f"'calibration.num_images' must be >= 1, got {self.num_images}")
+        unknown = [op for op in self.quantize_op_types if op not in PTQ_OP_TYPES]
+        if unknown:
+            raise ValueError(_unknown_op_type(unknown[0]))
 
 
 @dataclass
@@ -250,17 +292,41 @@ class DeployConfig:
 _SECTIONS = {k: v for k, v in field_types(DeployConfig).items() if k != "source"}
 
 
-def _read_yaml(path: Path) -> dict:
+def _yaml_problem(e: yaml.YAMLError) -> str:
+    """A YAML error in one line: the problem and where (PyYAML's own text spans several lines)."""
+    problem = getattr(e, "problem", None) or getattr(e, "context", None) or type(e).__name__
+    mark = getattr(e, "problem_mark", None)
+    return f"{problem} at line {mark.line + 1}, column {mark.column + 1}" if mark else str(problem)
+
+
+def _not_utf8(path: Path, e: UnicodeDecodeError) -> ConfigError:
+    line = e.object[:e.start].count(b"\n") + 1
+    byte = e.object[e.start:e.start + 1].hex()
+    return ConfigError(f"{path}: line {line} has byte 0x{byte}, which is not UTF-8; config files must be UTF-8 "
+                       f"text: re-save the file as UTF-8 (e.g. iconv -f latin1 -t utf-8 {path.name} > fixed.yml)")
+
+
+def _read_text(path: Path) -> str:
+    if path.is_dir():
+        found = sorted(path.glob("*.yml"))
+        hint = f", e.g. -c {found[0]}" if found else ""
+        raise ConfigError(f"config {path} is a folder, not a file; pass a YAML config file with -c{hint}")
     try:
-        text = path.read_text(encoding="utf-8")
+        return path.read_bytes().decode("utf-8")
     except FileNotFoundError as e:
         raise ConfigError(f"config file not found: {path}") from e
+    except UnicodeDecodeError as e:
+        raise _not_utf8(path, e) from e
+    except OSError as e:
+        raise ConfigError(f"cannot read config file {path}: {e.strerror or e}") from e
+
+
+def _read_yaml(path: Path) -> dict:
+    text = _read_text(path)
     try:
         data = yaml.safe_load(text)
     except yaml.YAMLError as e:
-        mark = getattr(e, "problem_mark", None)
-        at = f" line {mark.line + 1}" if mark else ""
-        raise ConfigError(f"{path}:{at} is not valid YAML: {getattr(e, 'problem', e)}") from e
+        raise ConfigError(f"{path}: not valid YAML: {_yaml_problem(e)}") from e
     if data is None:
         return {}
     if not isinstance(data, dict):
@@ -350,7 +416,8 @@ def parse_override(text: str) -> tuple[list[str], Any]:
     try:
         return parts, yaml.safe_load(value) if value.strip() else ""
     except yaml.YAMLError as e:
-        raise ConfigError(f"override '{text}': value is not valid YAML: {e}") from e
+        raise ConfigError(f"override '{text}': value '{value}' is not valid YAML ({_yaml_problem(e)}); write a "
+                          "number, a word, a [list] or a {mapping} with its brackets and quotes closed") from e
 
 
 def _apply_overrides(loaded: tuple[dict, dict], overrides: list[str]) -> tuple[dict, dict]:

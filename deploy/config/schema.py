@@ -47,11 +47,17 @@ def _fail(where: str, key: str, tp: Any, value: Any) -> ConfigError:
     return ConfigError(f"{where}: '{key}' must be {_type_name(tp)}, got {_describe(value)}")
 
 
+def closest_match(name: str, valid: list[str], cutoff: float = 0.5) -> str | None:
+    """The valid name closest to ``name`` (a likely typo), or None when none is close (similarity < cutoff)."""
+    match = difflib.get_close_matches(name, valid, n=1, cutoff=cutoff)
+    return match[0] if match else None
+
+
 def closest_key(key: str, valid: list[str]) -> str:
     """The hint for an unknown key: the closest valid key, or the list of valid keys."""
-    match = difflib.get_close_matches(key, valid, n=1, cutoff=0.5)
+    match = closest_match(key, valid)
     if match:
-        return f"did you mean '{match[0]}'?"
+        return f"did you mean '{match}'?"
     return "valid keys: " + ", ".join(sorted(valid))
 
 
