@@ -1,6 +1,9 @@
-"""Bad configs and options end in ONE line 'error: ...' (exit 2) that says what is wrong and how to
+"""Bad configs, options and model files end in ONE line 'error: ...' (exit 2) that says what is wrong and how to
 fix it: real files written here, real tools run in a subprocess."""
 from __future__ import annotations
+
+import json
+import shutil
 
 import pytest
 
@@ -68,3 +71,48 @@ def test_the_quantizable_op_types_are_the_ones_the_installed_paddle_accepts():
     from paddle.static.quantization.quant_config import SUPPORT_QUANTIZATION_OP_DICT
 
     assert PTQ_OP_TYPES == frozenset(SUPPORT_QUANTIZATION_OP_DICT)
+
+
+# ---------------------------------------------------------------- model files
+
+TOOLS = ("inspect_model", "infer", "calibrate")
+
+
+def test_an_empty_pdmodel_is_one_line_in_every_tool(lenet_config, lenet_copy):
+    """A 0-byte .pdmodel parsed as an empty program and failed with an IndexError."""
+    (lenet_copy / "inference.pdmodel").write_bytes(b"")
+    for tool in TOOLS:
+        line = only_error(run_tool(tool, "-c", lenet_config, "--quiet"))
+        assert line.startswith(f"error: {lenet_copy / 'inference.pdmodel'} is empty (0 bytes), not a Paddle "
+                               "program file; "), (tool, line)
+        assert "re-export the model" in line, (tool, line)
+
+
+def test_a_truncated_pdiparams_is_one_line_in_every_tool(lenet_config, lenet_copy):
+    """The real LeNet params cut in half: inspect_model said nothing, infer printed Paddle's '[operator <
+    load_combine > error]', calibrate a traceback."""
+    params = lenet_copy / "inference.pdiparams"
+    data = params.read_bytes()
+    params.write_bytes(data[:len(data) // 2])
+    for tool in TOOLS:
+        line = only_error(run_tool(tool, "-c", lenet_config, "--quiet"))
+        assert line.startswith(f"error: {params} does not match inference.pdmodel: the file ends inside its "
+                               "tensor "), (tool, line)
+        assert "truncated or belongs to another model" in line and "re-export the model" in line, (tool, line)
+
+
+def test_params_of_another_model_are_one_line_in_every_tool(lenet_config, lenet_copy, tmp_path):
+    """A params file holding more tensors than the program loads (here: two LeNet params files back to back)."""
+    params = lenet_copy / "inference.pdiparams"
+    params.write_bytes(params.read_bytes() * 2)
+    for tool in TOOLS:
+        line = only_error(run_tool(tool, "-c", lenet_config, "--quiet"))
+        assert line.startswith(f"error: {params} does not match inference.pdmodel: the file holds 16 tensors, "
+                               "the program loads 8"), (tool, line)
+
+
+def test_a_complete_model_still_inspects(lenet, tmp_path):
+    model = tmp_path / "model"
+    shutil.copytree(lenet / "inference", model)
+    result = run_tool("inspect_model", "--model", model, "--json", check=True)
+    assert json.loads(result.stdout)["inputs"][0]["name"] == "x"

@@ -5,11 +5,13 @@ import collections
 import functools
 import json
 import logging
+import math
+import struct
 import subprocess
 import sys
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Iterator, Literal, Optional
+from typing import BinaryIO, Iterator, Literal, Optional
 
 from deploy.config.loader import ModelConfig
 from deploy.errors import ModelError
@@ -110,6 +112,9 @@ class ModelInfo:
     inputs: list[InputSpec] = field(default_factory=list)
     # weight tensor -> (op type, dims) of the ops post-training quantization can quantize (calibration.skip_tensors)
     weights: dict[str, tuple[str, list[int]]] = field(default_factory=dict)
+    # (name, element count or None when a dim is dynamic) of every tensor the program loads from its params file,
+    # in the file's order (by name); classic format only
+    params: Optional[list[tuple[str, Optional[int]]]] = None
 
     @property
     def quant_op_counts(self) -> dict[str, int]:
@@ -120,14 +125,34 @@ class ModelInfo:
         return bool(self.quant_op_counts)
 
 
+_REEXPORT = ("copy the .pdmodel and .pdiparams again from where they were exported together, or re-export the "
+             "model (paddle.jit.save with FLAGS_enable_pir_api=0)")
+
+
+def _read_program_desc(path: Path):
+    """The parsed ProgramDesc of a classic .pdmodel; ModelError when it is empty or not a program."""
+    from paddle.base.proto import framework_pb2
+
+    try:
+        data = path.read_bytes()
+    except OSError as e:
+        raise ModelError(f"cannot read the model file {path}: {e.strerror or e}") from e
+    if not data:
+        raise ModelError(f"{path} is empty (0 bytes), not a Paddle program file; {_REEXPORT}")
+    program = framework_pb2.ProgramDesc()
+    try:
+        program.ParseFromString(data)
+    except Exception as e:  # protobuf raises its own DecodeError type
+        raise ModelError(f"{path} is not a valid Paddle program file ({e}); {_REEXPORT}") from e
+    if not program.blocks:
+        raise ModelError(f"{path} holds no program blocks ({len(data)} bytes), not a Paddle program; {_REEXPORT}")
+    return program
+
+
 def _inspect_classic(files: ModelFiles) -> ModelInfo:
     from paddle.base.proto import framework_pb2
 
-    program = framework_pb2.ProgramDesc()
-    try:
-        program.ParseFromString(files.program.read_bytes())
-    except Exception as e:  # protobuf raises its own DecodeError type
-        raise ModelError(f"{files.program} is not a valid Paddle program file: {e}") from e
+    program = _read_program_desc(files.program)
     block = program.blocks[0]
     counts = collections.Counter(op.type for block_ in program.blocks for op in block_.ops)
     var_types = {v.name: v.type for v in block.vars}
@@ -142,7 +167,22 @@ def _inspect_classic(files: ModelFiles) -> ModelInfo:
         feeds.append(InputSpec(name, dims, {"fp32": "float32"}.get(dtype, dtype)))
     counts.pop("feed", None)
     counts.pop("fetch", None)
-    return ModelInfo(files, dict(counts), feeds, _weights(block))
+    return ModelInfo(files, dict(counts), feeds, _weights(block), _params_loaded(block))
+
+
+# Variable types that are persistable but not loaded from the params file (framework.proto VarType.Type).
+_NOT_PARAMS = (9, 10, 17)  # FEED_MINIBATCH, FETCH_LIST, RAW
+_DENSE_TENSOR = 7
+
+
+def _params_loaded(block) -> list[tuple[str, Optional[int]]]:
+    """What Paddle loads from the params file, in order: the persistable variables of the global block, by name."""
+    out = []
+    for var in sorted(block.vars, key=lambda v: v.name):
+        if var.persistable and var.type.type not in _NOT_PARAMS:
+            dims = list(var.type.dense_tensor.tensor.dims) if var.type.type == _DENSE_TENSOR else [-1]
+            out.append((var.name, math.prod(dims) if all(d >= 0 for d in dims) else None))
+    return out
 
 
 _WEIGHT_INPUTS = {"conv2d": "Filter", "depthwise_conv2d": "Filter", "conv2d_transpose": "Filter", "mul": "Y",
@@ -159,6 +199,98 @@ def _weights(block) -> dict[str, tuple[str, list[int]]]:
             if name in persistable:
                 weights[name] = (op.type, list(persistable[name].type.dense_tensor.tensor.dims))
     return weights
+
+
+# Bytes per element of the tensor data types (framework.proto VarType.Type) a params file stores.
+_DTYPE_BYTES = {0: 1, 1: 2, 2: 4, 3: 8, 4: 2, 5: 4, 6: 8, 20: 1, 21: 1, 22: 2, 23: 8, 24: 16, 32: 1, 33: 1,
+                36: 2, 37: 4, 38: 8}
+
+
+def _read_exact(f: BinaryIO, n: int) -> bytes:
+    data = f.read(n)
+    if len(data) != n:
+        raise EOFError
+    return data
+
+
+def _skip_tensor(f: BinaryIO, size: int) -> Optional[int]:
+    """Skip one tensor of a combined params file (Paddle's save_combine layout: version, LoD, version, TensorDesc,
+    data) and return its element count; None when its header is not that layout. EOFError when the file ends
+    inside it."""
+    from paddle.base.proto import framework_pb2
+
+    version, lod_levels = struct.unpack("<IQ", _read_exact(f, 12))
+    if version != 0 or lod_levels > 16:
+        return None
+    for _ in range(lod_levels):
+        f.seek(struct.unpack("<Q", _read_exact(f, 8))[0], 1)
+    version, desc_size = struct.unpack("<Ii", _read_exact(f, 8))
+    if version != 0 or not 0 < desc_size < 1 << 20:
+        return None
+    desc = framework_pb2.VarType.TensorDesc()
+    desc.ParseFromString(_read_exact(f, desc_size))
+    if desc.data_type not in _DTYPE_BYTES or any(d < 0 for d in desc.dims):
+        return None
+    numel = math.prod(desc.dims)
+    f.seek(_DTYPE_BYTES[desc.data_type] * numel, 1)
+    if f.tell() > size:
+        raise EOFError
+    return numel
+
+
+@functools.lru_cache(maxsize=32)
+def _scan_params(params: Path, size: int, mtime_ns: int) -> tuple[Literal["complete", "cut", "unknown"], list[int]]:
+    """How a combined params file ends (complete, or inside a tensor) and the element count of each tensor in it;
+    "unknown" when its layout is not the one known here (Paddle then says what is wrong when it loads it)."""
+    from google.protobuf.message import DecodeError
+
+    numels: list[int] = []
+    try:
+        with params.open("rb") as f:
+            while f.tell() < size:
+                numel = _skip_tensor(f, size)
+                if numel is None:
+                    return "unknown", numels
+                numels.append(numel)
+    except EOFError:
+        return "cut", numels
+    except DecodeError:  # a tensor header that is not a TensorDesc: not the known layout
+        return "unknown", numels
+    except OSError as e:
+        raise ModelError(f"cannot read the params file {params}: {e.strerror or e}") from e
+    return "complete", numels
+
+
+def _params_problem(info: ModelInfo) -> Optional[str]:
+    """What makes the params file unloadable by its program, or None when nothing is seen."""
+    stat = info.files.params.stat()
+    state, numels = _scan_params(info.files.params, stat.st_size, stat.st_mtime_ns)
+    if state == "cut":
+        return f"the file ends inside its tensor {len(numels) + 1} ({stat.st_size} bytes)"
+    if state == "unknown" or info.params is None:
+        return None
+    if len(numels) != len(info.params):
+        return f"the file holds {len(numels)} tensors, the program loads {len(info.params)}"
+    for (name, expected), found in zip(info.params, numels):
+        if expected is not None and expected != found:
+            return f"the tensor it holds for '{name}' has {found} values where the program expects {expected}"
+    return None
+
+
+def check_params_file(info: ModelInfo) -> None:
+    """ModelError when the params file cannot be the one exported with the program: it ends inside a tensor, or
+    its tensors differ in number or size from what the program loads."""
+    if info.files.format != "classic":
+        return
+    problem = _params_problem(info)
+    if problem:
+        raise ModelError(params_mismatch(info.files, problem))
+
+
+def params_mismatch(files: ModelFiles, found: str) -> str:
+    """The message for a params file that the program cannot load."""
+    return (f"{files.params} does not match {files.program.name}: {found}, so it is truncated or belongs to "
+            f"another model; {_REEXPORT}")
 
 
 # PIR json names ops "<dialect>.<op>"; the serializer shortens dialect names ("1" = pd_op, "0" = builtin).
@@ -217,8 +349,11 @@ def _inspect_cached(files: ModelFiles, mtime_ns: int) -> ModelInfo:
 
 
 def inspect_model(files: ModelFiles) -> ModelInfo:
-    """Read the program (without running it): op counts, whether it is quantized, its feeds."""
-    return _inspect_cached(files, files.program.stat().st_mtime_ns)
+    """Read the program (without running it): op counts, whether it is quantized, its feeds; ModelError when the
+    program file is not a program or the params file cannot be the one exported with it."""
+    info = _inspect_cached(files, files.program.stat().st_mtime_ns)
+    check_params_file(info)
+    return info
 
 
 def quant_scales(files: ModelFiles) -> dict[str, dict]:

@@ -5,6 +5,7 @@ import contextlib
 import gc
 import logging
 import os
+import re
 import sys
 import tempfile
 from typing import Any, Callable, Iterator, Optional
@@ -12,7 +13,7 @@ from typing import Any, Callable, Iterator, Optional
 import numpy as np
 
 from deploy import cache
-from deploy.engines.model import inspect_model
+from deploy.engines.model import inspect_model, params_mismatch
 from deploy.engines.plan import PredictorPlan, check_feeds, engine_cache_dir, shape_file
 from deploy.errors import ModelError
 
@@ -119,6 +120,21 @@ def native_stderr_to_log() -> Iterator[None]:
                 log.debug("paddle: %s", text)
 
 
+def paddle_reason(e: BaseException) -> str:
+    """The one informative line of a Paddle C++ error ("(InvalidArgument) text [Hint: ...]" -> "text")."""
+    lines = [line.strip() for line in str(e).splitlines() if line.strip()]
+    reason = next((line for line in lines if line.startswith("(")), lines[-1] if lines else type(e).__name__)
+    reason = re.sub(r"^\(\w+\)\s*", "", reason.split("[Hint:")[0]).strip().rstrip(".")
+    return reason or type(e).__name__
+
+
+def _load_failure(plan: PredictorPlan, e: BaseException) -> str:
+    """Why a predictor could not be built: a params file Paddle cannot read, or another error of Paddle's."""
+    if "load_combine" in str(e):  # the op that reads the .pdiparams
+        return params_mismatch(plan.model, f"Paddle could not load it ({paddle_reason(e)})")
+    return f"Paddle could not load {plan.model.program} for {plan.describe()}: {paddle_reason(e)}"
+
+
 _NUMPY_DTYPES = {"float32": np.float32, "float64": np.float64, "int32": np.int32, "int64": np.int64,
                  "fp16": np.float16, "float16": np.float16, "uint8": np.uint8, "bool": np.bool_}
 
@@ -141,9 +157,7 @@ class Predictor:
             with native_stderr_to_log():
                 self._predictor = pi.create_predictor(build_predictor_config(plan))
         except (RuntimeError, ValueError, OSError) as e:
-            first_line = str(e).strip().splitlines()[-1] if str(e).strip() else type(e).__name__
-            raise ModelError(f"Paddle could not load {plan.model.program} for {plan.describe()}: "
-                             f"{first_line}") from e
+            raise ModelError(_load_failure(plan, e)) from e
         self.input_names: list[str] = list(self._predictor.get_input_names())
         self.output_names: list[str] = list(self._predictor.get_output_names())
         specs = {f.name: f for f in inspect_model(plan.model).inputs}
@@ -161,7 +175,13 @@ class Predictor:
             array = np.ascontiguousarray(feeds[name], dtype=_NUMPY_DTYPES.get(spec.dtype) if spec else None)
             handle.reshape(list(array.shape))
             handle.copy_from_cpu(array)
-        self._predictor.run()
+        try:
+            self._predictor.run()
+        except (RuntimeError, ValueError) as e:  # Paddle's op errors (InvalidArgument, ...) on valid feeds
+            shapes = {name: list(np.shape(feeds[name])) for name in self._inputs}
+            raise ModelError(f"Paddle could not run {self.plan.describe()} on inputs {shapes}: {paddle_reason(e)}; "
+                             f"check that {self.plan.model.params} is the params file exported with "
+                             f"{self.plan.model.program.name}") from e
         return {name: handle.copy_to_cpu() for name, handle in self._outputs.items()}
 
     def close(self) -> None:
