@@ -123,7 +123,7 @@ def check_output_file(path: Path, option: str, need_bytes: int = 0) -> None:
     try:
         _check_can_create_in(_existing_ancestor(path.parent), path, need_bytes)
     except OutputError as e:
-        raise OutputError(f"{option}: {e}") from None
+        raise OutputError(f"{option}: {e}") from e
 
 
 def check_output_dir(path: Path, option: str, need_bytes: int = 0) -> None:
@@ -134,7 +134,7 @@ def check_output_dir(path: Path, option: str, need_bytes: int = 0) -> None:
     try:
         _check_can_create_in(_existing_ancestor(path), path, need_bytes)
     except OutputError as e:
-        raise OutputError(f"{option}: {e}") from None
+        raise OutputError(f"{option}: {e}") from e
 
 
 # ---------------------------------------------------------------- installs: only ever replace our own folders
