@@ -145,16 +145,20 @@ def _openvino_reason(env: Environment, precision: str) -> Optional[str]:
     return None
 
 
+OPENVINO_ON_GPU = ("this toolkit's OpenVINO engine runs on the CPU only; use runtime.device=cpu with it, or "
+                   "runtime.backend=trt or paddle on an NVIDIA GPU")
+
+
 def support_reason(env: Environment, device: str, backend: str, precision: str) -> Optional[str]:
     """None when the combination can run here, else a one-line reason saying what is missing."""
     if device == "gpu":
+        if backend == "openvino":  # whatever the CUDA build: not a GPU engine here
+            return OPENVINO_ON_GPU
         reason = _gpu_reason(env)
         if reason:
             return reason
         if backend == "trt":
             return _trt_reason(env, precision)
-        if backend == "openvino":
-            return "the OpenVINO engine runs on the CPU here; use runtime.device=cpu"
         if precision in ("int8", "bf16"):
             return f"{precision} on GPU runs through TensorRT; use runtime.backend=trt"
         return None

@@ -9,6 +9,7 @@ import pytest
 
 from conftest import LENET_CONFIG, error_line, run_tool, write_config
 from deploy.config.loader import MAX_CPU_THREADS, PTQ_OP_TYPES, load_config
+from deploy.env import Environment, probe, support_reason
 from deploy.errors import ConfigError
 
 
@@ -116,3 +117,19 @@ def test_a_complete_model_still_inspects(lenet, tmp_path):
     shutil.copytree(lenet / "inference", model)
     result = run_tool("inspect_model", "--model", model, "--json", check=True)
     assert json.loads(result.stdout)["inputs"][0]["name"] == "x"
+
+
+# ---------------------------------------------------------------- tools/env.py
+
+
+def test_openvino_on_gpu_says_the_engine_is_cpu_only_not_cuda():
+    env = probe()
+    with_gpu = Environment(**{**env.__dict__, "cuda_compiled": True, "gpus": ["NVIDIA A10"]})
+    for machine in (env, with_gpu):
+        reason = support_reason(machine, "gpu", "openvino", "fp32")
+        assert reason.startswith("this toolkit's OpenVINO engine runs on the CPU only; use runtime.device=cpu")
+        assert "runtime.backend=trt or paddle" in reason and "CUDA" not in reason
+    rows = json.loads(run_tool("env", "--json", check=True).stdout)["capabilities"]
+    gpu_openvino = [status for device, backend, _, status in rows if (device, backend) == ("gpu", "openvino")]
+    assert len(gpu_openvino) == 4
+    assert all("OpenVINO engine runs on the CPU only" in s and "CUDA" not in s for s in gpu_openvino)
