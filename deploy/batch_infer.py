@@ -5,16 +5,24 @@ Ray Data carries image paths (never pixels through the driver): decode + preproc
 with the config's own ImagePipeline; an actor pool, each actor holding ONE predictor built by our factory
 from the config (Paddle-TRT on GPU workers, oneDNN or OpenVINO on CPU workers), runs the model and the task's
 post-processing. The driver writes the records in shards, each written to a temporary name and renamed when
-complete, so a shard on disk is always whole; ``--resume`` skips every image a finished shard holds.
+complete, so a shard on disk is always whole; ``--resume`` skips every image a finished shard holds, once
+OUT_DIR/_run.json shows the same config, model and precision made them. A local Ray the driver starts never
+outlives it (LocalRayWatchdog); every check runs before Ray starts.
 
 Ray is an optional dependency (requirements-ray.txt); only this module imports it.
 """
 from __future__ import annotations
 
+import contextlib
+import dataclasses
 import json
 import logging
 import os
+import signal
 import socket
+import subprocess
+import sys
+import threading
 import time
 import uuid
 from collections import defaultdict
@@ -26,14 +34,16 @@ import numpy as np
 from tqdm import tqdm
 
 import deploy
+from deploy import cache
 from deploy.cache import atomic_write_bytes, atomic_write_text
 from deploy.config.loader import DeployConfig
-from deploy.data.pipeline import ImagePipeline, ImageRecord
+from deploy.data.pipeline import ImagePipeline, ImageRecord, ops_fingerprint
 from deploy.data.sources import IMAGE_SUFFIXES, Batch, ImageItem, LabelReader, group_batches, list_images, \
     parse_list_lines
 from deploy.engines.factory import create_predictor
-from deploy.engines.plan import resolve_plan
-from deploy.errors import DataError, UnsupportedError
+from deploy.engines.model import ModelFiles, find_model_files
+from deploy.engines.plan import PredictorPlan, resolve_plan
+from deploy.errors import DataError, OutputError, UnsupportedError
 from deploy.infer import failure_record, result_record, run_inference
 from deploy.tasks.registry import build_task
 
@@ -50,6 +60,10 @@ log = logging.getLogger(__name__)
 FORMATS = ("jsonl", "parquet")
 SHARD_PREFIX = "part-"
 STALE_GLOB = f".{SHARD_PREFIX}*.tmp"  # cache.atomic_write_bytes's temp file of a shard a killed run was writing
+RUN_RECORD = "_run.json"  # what made the shards of an output folder (run_identity)
+RUN_RECORD_FORMAT = 1
+CONNECT_TIMEOUT_S = 5.0  # --address: how long the driver waits for the cluster's port to answer
+ACTOR_START_TIMEOUT_S = 1800  # every predictor actor built (a TensorRT engine build can take minutes)
 DECODE_BATCH = 256  # images per decode task at most (LeNet, 2 CPUs: 32 left the predictors idle, waiting)
 
 
@@ -121,12 +135,36 @@ def shard_paths(out_dir: Path, fmt: str) -> list[Path]:
     return sorted(out_dir.glob(f"{SHARD_PREFIX}*.{fmt}"))
 
 
+def _damaged(shard: Path, why: str) -> DataError:
+    return DataError(f"result shard {shard} is damaged ({why}); delete it and rerun with --resume (its images run "
+                     "again)")
+
+
+def read_shard(shard: Path, columns: Optional[list[str]] = None) -> list[dict]:
+    """The records of a finished shard; a shard cut short or edited is a one-line DataError naming it."""
+    if shard.suffix == ".parquet":
+        try:
+            return pq.read_table(shard, columns=columns).to_pylist()
+        except (pa.ArrowException, OSError, ValueError) as e:
+            raise _damaged(shard, f"not a readable parquet file: {str(e).strip().splitlines()[0]}") from e
+    records = []
+    with shard.open(encoding="utf-8", errors="replace") as f:
+        for number, line in enumerate(f, 1):
+            if not line.strip():
+                continue
+            try:
+                record = json.loads(line)
+            except ValueError as e:
+                raise _damaged(shard, f"line {number} is not a whole JSON record: {e}") from e
+            if not isinstance(record, dict) or "path" not in record:
+                raise _damaged(shard, f"line {number} is not a record with a path")
+            records.append(record)
+    return records
+
+
 def read_shard_paths(shard: Path) -> list[str]:
     """The image paths a finished shard holds."""
-    if shard.suffix == ".parquet":
-        return [str(p) for p in pq.read_table(shard, columns=["path"]).column("path").to_pylist()]
-    with shard.open() as f:
-        return [json.loads(line)["path"] for line in f if line.strip()]
+    return [str(record["path"]) for record in read_shard(shard, columns=["path"])]
 
 
 def write_shard(out_dir: Path, name: str, fmt: str, records: list[dict]) -> Path:
@@ -144,8 +182,102 @@ def write_shard(out_dir: Path, name: str, fmt: str, records: list[dict]) -> Path
     return final
 
 
-def prepare_output(out_dir: Path, fmt: str, resume: bool) -> set[str]:
-    """Create OUT_DIR; with --resume, the paths already done; without it, refuse to mix with earlier results."""
+# ---------------------------------------------------------------- what made the shards (--resume checks it)
+
+# Runtime settings left out of the config fingerprint: speed only, never a record (a resumed run may change
+# them, like --workers), or compared on their own as the resolved plan's engine and precision.
+UNFINGERPRINTED_RUNTIME = ("batch_size", "cpu_threads", "prefetch_batches", "decode_threads", "gpu_mem_mb", "gpu_id",
+                           "device", "backend", "precision")
+
+
+def _content_or_value(value: Any) -> Any:
+    """A file setting (label list, character dict) by its content, so a moved checkout still matches."""
+    return cache.sha256_file(value) if isinstance(value, Path) and value.is_file() else str(value)
+
+
+def config_fingerprint(cfg: DeployConfig) -> dict[str, str]:
+    """sha256 per record-deciding section of the typed config (after _base_ and -o overrides), not of its YAML
+    text. The model files are fingerprinted by content (run_identity), so model.dir is left out here."""
+    runtime = {k: v for k, v in dataclasses.asdict(cfg.runtime).items() if k not in UNFINGERPRINTED_RUNTIME}
+    postprocess = {f.name: _content_or_value(getattr(cfg.postprocess, f.name))
+                   for f in dataclasses.fields(cfg.postprocess)}
+    sections = {"task": cfg.task, "preprocess": ops_fingerprint(cfg.preprocess), "postprocess": postprocess,
+                "runtime": runtime, "model.input_shape": cfg.model.input_shape}
+    return {name: cache.sha256_text(json.dumps(value, sort_keys=True, default=str))
+            for name, value in sections.items()}
+
+
+def _int8_identity(plan: PredictorPlan, source: ModelFiles) -> Optional[dict]:
+    """Which INT8 artifact runs: the files loaded (a quantized model from our calibration, or the model itself)
+    and the calibration entry (artifact hashes) of the config's model for this backend."""
+    if plan.precision != "int8":
+        return None
+    target = {"trt": "trt", "openvino": "openvino"}.get(plan.backend, "cpu")
+    entry = cache.read_manifest(source)["targets"].get(target) or {}
+    loaded = cache.model_fingerprint(plan.model)
+    return {"mode": plan.int8_mode, "program_sha256": loaded["program_sha256"],
+            "params_sha256": loaded["params_sha256"], "calibration": (entry.get("artifacts") or {}).get("files"),
+            "calibrated": entry.get("created")}
+
+
+def run_identity(cfg: DeployConfig, plan: PredictorPlan) -> dict:
+    """What makes the records of a run: config settings, model content, task, device/backend, precision, INT8
+    artifact. Written once per output folder (RUN_RECORD); --resume refuses a folder made by another."""
+    source = find_model_files(cfg.model) or plan.model  # resolve_plan made sure it exists
+    model = cache.model_fingerprint(source)
+    return {"format": RUN_RECORD_FORMAT, "config": str(cfg.source), "task": cfg.task,
+            "engine": f"{plan.device}/{plan.backend}", "precision": plan.precision,
+            "model": {"program": model["program"], "program_sha256": model["program_sha256"],
+                      "params_sha256": model["params_sha256"]},
+            "int8": _int8_identity(plan, source), "settings": config_fingerprint(cfg)}
+
+
+def _short(value: Any) -> str:
+    text = json.dumps(value, sort_keys=True) if isinstance(value, (dict, list)) else str(value)
+    return text[:12] + "..." if len(text) > 15 else text
+
+
+def identity_differences(before: dict, now: dict) -> list[str]:
+    """What differs between the run that made a folder and this one, e.g. 'precision fp32 there, bf16 now'."""
+    changes = [f"{key} {before.get(key)} there, {now[key]} now" for key in ("task", "engine", "precision")
+               if before.get(key) != now[key]]
+    model = before.get("model") or {}
+    changes += [f"model {key.split('_')[0]} sha256 {_short(model.get(key))} there, {_short(now['model'][key])} now"
+                for key in ("program_sha256", "params_sha256") if model.get(key) != now["model"][key]]
+    if before.get("precision") == now["precision"] and before.get("int8") != now["int8"]:
+        changes.append(f"INT8 artifact calibrated {(before.get('int8') or {}).get('calibrated')} there, "
+                       f"{(now['int8'] or {}).get('calibrated')} now")
+    settings = before.get("settings") or {}
+    changes += [f"config {name} differs" for name, digest in now["settings"].items() if settings.get(name) != digest]
+    return changes
+
+
+def _read_run_record(out_dir: Path, shards: int) -> dict:
+    path = out_dir / RUN_RECORD
+    if not path.is_file():
+        raise OutputError(f"--resume: {out_dir} holds {shards} result shards but no {RUN_RECORD} saying which config, "
+                          "model and precision made them (an older batch_infer wrote them), so mixing cannot be "
+                          "ruled out; run again into an empty --output")
+    try:
+        return json.loads(path.read_text())
+    except (OSError, ValueError) as e:
+        raise OutputError(f"--resume: cannot read {path} ({e}), so the run that made the {shards} shards in "
+                          f"{out_dir} cannot be checked; run again into an empty --output") from e
+
+
+def check_same_run(out_dir: Path, shards: int, identity: dict) -> None:
+    """--resume: the folder's shards were made by this config, model, precision and INT8 artifact."""
+    before = _read_run_record(out_dir, shards)
+    changes = identity_differences(before, identity)
+    if changes:
+        raise OutputError(f"--resume: the {shards} shards in {out_dir} come from another run ({'; '.join(changes)}; "
+                          f"that run's config: {before.get('config')}); resume with that config, model and "
+                          "precision, or write to another --output")
+
+
+def prepare_output(out_dir: Path, fmt: str, resume: bool, identity: Optional[dict] = None) -> set[str]:
+    """Create OUT_DIR; with --resume, the paths already done (after checking the same config, model and precision
+    made them); without it, refuse to mix with earlier results. Records ``identity`` before the first shard."""
     out_dir.mkdir(parents=True, exist_ok=True)
     for stale in out_dir.glob(STALE_GLOB):  # a shard that was being written when a run died
         stale.unlink()
@@ -157,6 +289,10 @@ def prepare_output(out_dir: Path, fmt: str, resume: bool) -> set[str]:
     if finished and not resume:
         raise DataError(f"{out_dir} already holds {len(finished)} result shards; pass --resume to continue that "
                         "run, or choose an empty --output directory")
+    if finished and identity is not None:
+        check_same_run(out_dir, len(finished), identity)
+    elif identity is not None:
+        cache.atomic_write_json(out_dir / RUN_RECORD, identity)
     done: set[str] = set()
     for shard in finished:
         done.update(read_shard_paths(shard))
@@ -294,22 +430,146 @@ def _runtime_env() -> dict:
             "env_vars": {"FLAGS_enable_pir_api": os.environ.get("FLAGS_enable_pir_api", "0")}}
 
 
-def _connect(options: ScaleOptions, quiet: bool) -> None:
-    if ray.is_initialized():
+class Terminated(BaseException):
+    """SIGTERM reached the driver (a BaseException, like KeyboardInterrupt, so no ``except Exception`` in Ray or
+    here swallows it); the tool turns it into one line and exit 143."""
+
+
+def _address_endpoint(address: str) -> Optional[tuple[str, int]]:
+    """The host and port a driver reaches first: Ray Client's for ray://HOST[:PORT], the GCS's for HOST:PORT or
+    for "auto" (RAY_ADDRESS, else the cluster `ray start` last started here). None when Ray must judge it."""
+    if address == "auto":
+        try:  # Ray's own lookup (a private helper of the pinned Ray, requirements-ray.txt)
+            address = ray._private.services.canonicalize_bootstrap_address_or_die("auto")
+        except ConnectionError as e:
+            why = "several Ray clusters run here" if "multiple" in str(e) else "no running Ray cluster found"
+            raise UnsupportedError(f"--address auto: {why}; start one (ray start --head) or give --address "
+                                   "HOST:PORT") from e
+    scheme, _, rest = address.rpartition("://")
+    host, _, port = rest.rpartition(":")
+    if scheme == "ray" and not port.isdigit():
+        host, port = rest, "10001"  # Ray Client's default port
+    return (host.strip("[]"), int(port)) if host and port.isdigit() and scheme in ("", "ray") else None
+
+
+def check_reachable(address: str, timeout_s: float = CONNECT_TIMEOUT_S) -> None:
+    """Fail in seconds when nothing listens at --address (ray.init itself retries a dead GCS forever)."""
+    endpoint = _address_endpoint(address)
+    if endpoint is None:
         return
+    host, port = endpoint
+    try:
+        socket.create_connection((host, port), timeout=timeout_s).close()
+    except OSError as e:
+        why = "no answer" if isinstance(e, socket.timeout) else (e.strerror or str(e))
+        raise UnsupportedError(f"--address {address}: nothing answers at {host}:{port} ({why} within "
+                               f"{timeout_s:g} s); start the cluster there (ray start --head) or fix --address"
+                               ) from e
+
+
+# Stops the local Ray a driver started when the driver ends in any way (exit, crash, SIGKILL). Ray kills its
+# gcs_server and raylet with the driver (PR_SET_PDEATHSIG), but its agents (ray::DashboardAgent,
+# ray::RuntimeEnvAgent) then hang reporting the raylet's death to the dead GCS and outlive the driver
+# (Ray 2.60). Standard library only: it starts in milliseconds and never imports Paddle. It learns the
+# driver's descendants from /proc twice a second and, once the driver's end of its stdin pipe closes (the
+# kernel closes it whatever killed the driver), sends SIGTERM then SIGKILL to those still running.
+_WATCHDOG = r"""
+import os, select, signal, sys, time
+driver, me = int(sys.argv[1]), os.getpid()
+def table():
+    rows = {}
+    for name in os.listdir("/proc"):
+        try:
+            with open("/proc/%s/stat" % name, "rb") as f:
+                fields = f.read().rsplit(b")", 1)[1].split()
+            rows[int(name)] = (int(fields[1]), fields[19], fields[0])
+        except (OSError, ValueError, IndexError):
+            continue
+    return rows
+def descendants(rows):
+    children, found, todo = {}, {}, [driver]
+    for pid, (ppid, _, _) in rows.items():
+        children.setdefault(ppid, []).append(pid)
+    while todo:
+        for pid in children.get(todo.pop(), ()):
+            if pid != me:
+                found[pid] = rows[pid][1]
+                todo.append(pid)
+    return found
+def running(known):
+    rows = table()
+    return [pid for pid, start in known.items() if pid in rows and rows[pid][1] == start and rows[pid][2] != b"Z"]
+signal.signal(signal.SIGINT, signal.SIG_IGN)
+known = {}
+while True:
+    known.update(descendants(table()))
+    if select.select([0], [], [], 0.5)[0] and not os.read(0, 4096):
+        break
+for sig in (signal.SIGTERM, signal.SIGKILL):
+    for pid in running(known):
+        try:
+            os.kill(pid, sig)
+        except OSError:
+            pass
+    deadline = time.time() + 3
+    while running(known) and time.time() < deadline:
+        time.sleep(0.1)
+"""
+
+
+class LocalRayWatchdog:
+    """A process, in its own session, that stops the local Ray this driver starts when the driver ends."""
+
+    def __init__(self) -> None:
+        self.process = subprocess.Popen([sys.executable, "-I", "-c", _WATCHDOG, str(os.getpid())],
+                                        stdin=subprocess.PIPE, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+                                        start_new_session=True)
+
+    def close(self, timeout_s: float = 15.0) -> None:
+        """Let it stop what is left of the local Ray now, and wait for it."""
+        self.process.stdin.close()
+        try:
+            self.process.wait(timeout_s)
+        except subprocess.TimeoutExpired:
+            log.warning("the local Ray watchdog (pid %d) is still stopping Ray processes", self.process.pid)
+
+
+def _init_kwargs(options: ScaleOptions, quiet: bool) -> dict[str, Any]:
     kwargs: dict[str, Any] = {"runtime_env": _runtime_env(), "log_to_driver": False, "include_dashboard": False,
                               "logging_level": logging.WARNING if quiet else logging.INFO}
     if options.address is None:
-        # A local Ray: the actors' logical CPUs must leave room for the decode tasks, or nothing schedules.
+        # "local": a new Ray even when RAY_ADDRESS is set or a `ray start` cluster (maybe dead) is recorded here.
+        # Its logical CPUs must leave room for the decode tasks beside the actors, or nothing schedules.
         cpus = os.cpu_count() or 1
-        kwargs["num_cpus"] = max(cpus, int(np.ceil(options.workers * options.cpus_per_worker)) + 1)
+        kwargs.update(address="local", num_cpus=max(cpus, int(np.ceil(options.workers * options.cpus_per_worker)) + 1))
     else:
         kwargs["address"] = options.address
+    return kwargs
+
+
+@contextlib.contextmanager
+def ray_session(options: ScaleOptions, quiet: bool) -> Iterator[None]:
+    """Connect to --address, or start a local Ray that never outlives this process; disconnect or stop it after."""
+    if ray.is_initialized():  # the caller's own Ray session: theirs to stop
+        yield
+        return
+    watchdog = LocalRayWatchdog() if options.address is None else None
+    on_sigterm = signal.getsignal(signal.SIGTERM)
     try:
-        ray.init(**kwargs)
-    except (ConnectionError, RuntimeError, ValueError) as e:
-        raise UnsupportedError(f"cannot start or reach Ray at {options.address or 'a new local cluster'}: "
-                               f"{str(e).strip().splitlines()[0]}; check --address (ray start --head prints it)")
+        try:
+            ray.init(**_init_kwargs(options, quiet))
+        except (ConnectionError, RuntimeError, ValueError) as e:
+            raise UnsupportedError(f"cannot start or reach Ray at {options.address or 'a new local cluster'}: "
+                                   f"{str(e).strip().splitlines()[0]}; check --address (ray start --head prints it)"
+                                   ) from e
+        finally:
+            if on_sigterm is not None and threading.current_thread() is threading.main_thread():
+                signal.signal(signal.SIGTERM, on_sigterm)  # ray.init replaces it with sys.exit(15)
+        yield
+    finally:
+        ray.shutdown()
+        if watchdog is not None:
+            watchdog.close()
 
 
 def _worker_config(cfg: DeployConfig, options: ScaleOptions) -> DeployConfig:
@@ -322,41 +582,67 @@ def _worker_config(cfg: DeployConfig, options: ScaleOptions) -> DeployConfig:
 
 
 def run_batch_inference(cfg: DeployConfig, options: ScaleOptions, *, quiet: bool = False) -> BatchSummary:
-    """Run the config over every image of ``options.input`` on Ray; write result shards to ``options.output``."""
+    """Run the config over every image of ``options.input`` on Ray; write result shards to ``options.output``.
+    Every check (output folder, cluster address, images, plan, --resume) happens before Ray starts."""
+    cache.check_output_dir(options.output, "--output")
+    if options.address is not None:
+        check_reachable(options.address)
     task = build_task(cfg)
     items = list_uri(options.input, task) if is_uri(options.input) else list_images(options.input, task)
-    done = prepare_output(options.output, options.format, options.resume)
-    todo = [item for item in items if str(item.path) not in done]
     worker_cfg = _worker_config(cfg, options)
-    resolve_plan(worker_cfg, quiet=True)  # an impossible plan or a stale calibration fails here, not on workers
+    plan = resolve_plan(worker_cfg, quiet=True)  # an impossible plan or a stale calibration fails here, not on workers
+    done = prepare_output(options.output, options.format, options.resume, run_identity(worker_cfg, plan))
+    todo = [item for item in items if str(item.path) not in done]
     log.info("%d images, %d already done, %d to run on %d workers", len(items), len(items) - len(todo), len(todo),
              options.workers)
     summary = BatchSummary(0, 0, 0.0, len(items) - len(todo), [])
     if not todo:
         return summary
-    _connect(options, quiet)
+    with ray_session(options, quiet):
+        start = time.perf_counter()
+        _write_results(_dataset(task, todo, worker_cfg, options, quiet), len(todo), options, summary, quiet)
+        summary.seconds = time.perf_counter() - start
+    return summary
+
+
+def _dataset(task: Any, todo: list[ImageItem], worker_cfg: DeployConfig, options: ScaleOptions, quiet: bool) -> Any:
+    """paths -> decode + preprocess tasks -> the predictor actor pool -> records."""
     context = ray.data.DataContext.get_current()
     context.enable_progress_bars = False  # our bar counts written records
+    # Start work only once every actor is built (an actor still importing Paddle would miss a small job), and a
+    # cluster without the CPUs/GPUs asked fails instead of waiting forever.
+    context.wait_for_min_actors_s = ACTOR_START_TIMEOUT_S
     if quiet:
         logging.getLogger("ray.data").setLevel(logging.WARNING)
     rows = [{"path": str(item.path), "index": item.index,
              "label": json.dumps(task.label_json(item.label)) if item.label is not None else ""} for item in todo]
-    dataset = ray.data.from_items(rows).map_batches(
-        _decode, fn_kwargs={"ops": cfg.preprocess}, batch_format="numpy",
-        # a small job still makes a few decode tasks per worker, so every worker gets batches
-        batch_size=max(1, min(DECODE_BATCH, -(-len(rows) // (4 * options.workers)))),
-        num_cpus=0.5)
-    dataset = dataset.map_batches(
-        Worker, fn_constructor_kwargs={"cfg": worker_cfg}, batch_size=worker_cfg.runtime.batch_size,
+    batch = worker_cfg.runtime.batch_size
+    # Ray Data hands each decoded block to the idle actor that finished last, so while decoding is slower than
+    # inference ONE actor would take every block. The first round (one batch per actor) is decoded before the
+    # stream starts: its blocks wait together when the actors start and each actor takes one.
+    first = min(len(rows), batch * options.workers)
+    head = _decoded(rows[:first], worker_cfg, batch, blocks=-(-first // batch)).materialize()
+    rest = _decoded(rows[first:], worker_cfg, max(1, min(DECODE_BATCH, -(-len(rows) // (4 * options.workers)))))
+    return (head.union(rest) if rows[first:] else head).map_batches(
+        Worker, fn_constructor_kwargs={"cfg": worker_cfg}, batch_size=batch,
         batch_format="numpy", compute=ray.data.ActorPoolStrategy(size=options.workers),
         num_gpus=options.gpus_per_worker or None,
         num_cpus=options.cpus_per_worker)  # Ray Data restarts a dead actor and retries its batches (its defaults)
+
+
+def _decoded(rows: list[dict], worker_cfg: DeployConfig, batch_size: int, blocks: Optional[int] = None) -> Any:
+    """Decode + preprocess tasks over ``rows`` (paths) in batches of ``batch_size``."""
+    return ray.data.from_items(rows, override_num_blocks=blocks).map_batches(
+        _decode, fn_kwargs={"ops": worker_cfg.preprocess}, batch_format="numpy", batch_size=batch_size, num_cpus=0.5)
+
+
+def _write_results(dataset: Any, total: int, options: ScaleOptions, summary: BatchSummary, quiet: bool) -> None:
+    """Collect the records into shards of --shard-size, each written whole (a kill loses only unwritten ones)."""
     run_id = time.strftime("%Y%m%d-%H%M%S") + "-" + uuid.uuid4().hex[:6]
-    start = time.perf_counter()
     pending: list[dict] = []
     workers: dict[str, WorkerStats] = defaultdict(WorkerStats)
-    with tqdm(total=len(todo), disable=quiet, unit="img", desc="batch infer") as bar:
-        for rows_out in _iter_results(dataset):
+    with tqdm(total=total, disable=quiet, unit="img", desc="batch infer") as bar:
+        for rows_out in _iter_results(dataset, options):
             for text, worker, busy in zip(rows_out["record"], rows_out["worker"], rows_out["busy_s"]):
                 record = json.loads(text)
                 pending.append(record)
@@ -372,24 +658,21 @@ def run_batch_inference(cfg: DeployConfig, options: ScaleOptions, *, quiet: bool
         if pending:
             summary.shards.append(write_shard(options.output, f"{run_id}-{len(summary.shards):06d}",
                                               options.format, pending))
-    summary.seconds = time.perf_counter() - start
     summary.workers = dict(workers)
-    return summary
 
 
-def _iter_results(dataset: Any) -> Iterator[dict[str, np.ndarray]]:
-    yield from dataset.iter_batches(batch_size=None, batch_format="numpy")
+def _iter_results(dataset: Any, options: ScaleOptions) -> Iterator[dict[str, np.ndarray]]:
+    try:
+        yield from dataset.iter_batches(batch_size=None, batch_format="numpy")
+    except ray.exceptions.GetTimeoutError as e:
+        raise UnsupportedError(f"the {options.workers} predictor actors did not all start within "
+                               f"{ACTOR_START_TIMEOUT_S} s: the cluster lacks the CPUs/GPUs they ask for (--workers, "
+                               "--cpus-per-worker, --gpus-per-worker) or building a predictor hangs") from e
 
 
 def read_records(out_dir: Path) -> list[dict]:
     """Every record of every finished shard in OUT_DIR (for checks and small jobs)."""
-    records = []
-    for shard in shard_paths(out_dir, "jsonl"):
-        with shard.open() as f:
-            records.extend(json.loads(line) for line in f if line.strip())
-    for shard in shard_paths(out_dir, "parquet"):
-        records.extend(pq.read_table(shard).to_pylist())
-    return records
+    return [record for fmt in FORMATS for shard in shard_paths(out_dir, fmt) for record in read_shard(shard)]
 
 
 @dataclass

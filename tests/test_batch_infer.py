@@ -3,6 +3,7 @@ as tools/infer.py, a corrupt image recorded as a failure, a run killed part-way 
 exactly once, and a predictor actor killed mid-run replaced by Ray with no image lost. Speed is measured by the --vs-infer command, never asserted here."""
 import json
 import os
+import re
 import shutil
 import signal
 import subprocess
@@ -56,7 +57,8 @@ def test_same_records_as_infer_and_failures_recorded(job):
     assert all(r["label"] == int(r["path"].split("/")[-2]) for r in expected.values())
     assert len(shard_paths(out, "jsonl")) == 3 and not list(out.glob(STALE_GLOB))
     assert f"summary: {len(job['paths'])} images, 1 failures" in result.stdout
-    assert result.stdout.count("  worker ") == 2  # both actors took batches
+    # both actors took batches: each takes one batch of the first round, decoded before the stream starts
+    assert sorted(int(n) >= 8 for n in re.findall(r"^  worker \S+: (\d+) images", result.stdout, re.M)) == [True] * 2
     assert f"identical records: {len(expected)}/{len(expected)}" in result.stdout
 
 

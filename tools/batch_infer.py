@@ -4,13 +4,17 @@
       [--address auto|ray://HOST:10001] [--workers 2] [--gpus-per-worker 1] [--batch-size 64] \\
       [--format jsonl|parquet] [--resume]
 
-Without --address it starts a local Ray on this machine. Results go to OUT_DIR/part-*.jsonl (or .parquet): one
-record per image, the same as tools/infer.py --output writes, or {"path", "error"} for an unreadable image. A
-shard is written whole or not at all; --resume skips every image a finished shard holds. --vs-infer also runs
+Without --address it starts a local Ray on this machine, stopped when the driver ends however it ends (even
+SIGKILL); SIGTERM stops the run cleanly (exit 143, finished shards kept). Results go to OUT_DIR/part-*.jsonl (or
+.parquet): one record per image, the same as tools/infer.py --output writes, or {"path", "error"} for an
+unreadable image. A shard is written whole or not at all; --resume skips every image a finished shard holds, after
+checking that the same config, model and precision made them (OUT_DIR/_run.json). --vs-infer also runs
 tools/infer.py's loop on the same images and prints both speeds and whether every record is identical.
 Needs Ray: pip install -r requirements-ray.txt
 """
 import argparse
+import signal
+import sys
 import tempfile
 from pathlib import Path
 
@@ -36,12 +40,21 @@ def main(argv=None):
     parser.add_argument("--vs-infer", action="store_true",
                         help="also run tools/infer.py on the same images; print both speeds and the agreement")
     args = parser.parse_args(argv)
-    from deploy.batch_infer import ScaleOptions, run_batch_inference, versus_infer
+    from deploy.batch_infer import ScaleOptions, Terminated, run_batch_inference, versus_infer
 
+    def on_sigterm(signum, frame):
+        raise Terminated()
+
+    signal.signal(signal.SIGTERM, on_sigterm)
     cfg = load_config_from_args(args)
     options = ScaleOptions(args.input, args.output, args.address, args.workers, args.gpus_per_worker,
                            args.cpus_per_worker, args.format, args.resume, args.shard_size)
-    summary = run_batch_inference(cfg, options, quiet=args.quiet)
+    try:
+        summary = run_batch_inference(cfg, options, quiet=args.quiet)
+    except Terminated:
+        print(f"error: terminated (SIGTERM); the finished shards in {args.output} are kept: rerun with --resume to "
+              "finish", file=sys.stderr)
+        return 128 + signal.SIGTERM
     print(summary.line())
     print("\n".join(summary.worker_lines()))
     if args.vs_infer:
