@@ -1,7 +1,7 @@
 """Faults of tools/batch_infer.py (issue 15) on a real local Ray with the real LeNet and real digits: --resume with
 another config, model or precision; a damaged shard; an --address nobody answers; an --output that cannot be
-written; a driver killed with SIGKILL or stopped with SIGTERM. Every refusal is one line and happens before Ray
-starts; the shards already written survive byte for byte."""
+written; a driver killed with SIGKILL or stopped with SIGTERM or SIGINT. Every refusal is one line and happens
+before Ray starts; the shards already written survive byte for byte."""
 import hashlib
 import json
 import os
@@ -249,7 +249,7 @@ def kill_leftovers(known: dict[int, bytes]) -> None:
                 pass
 
 
-def test_killed_or_terminated_driver_leaves_no_ray_and_resume_writes_every_image_once(job):
+def test_killed_terminated_or_interrupted_driver_leaves_no_ray_and_resume_writes_every_image_once(job):
     out, stderr = job["root"] / "killed", job["root"] / "killed.stderr"
     proc, known, session = start_until_a_new_shard(job, out, stderr)
     try:
@@ -261,28 +261,28 @@ def test_killed_or_terminated_driver_leaves_no_ray_and_resume_writes_every_image
         assert not left, f"the local Ray outlived its killed driver: {left}"
     finally:
         kill_leftovers(known)
-    first = digests(out)
 
-    proc, known, session = start_until_a_new_shard(job, out, stderr, "--resume")
-    try:
-        proc.send_signal(signal.SIGTERM)
-        proc.wait(timeout=120)
-        assert proc.returncode == 143, stderr.read_text()
-        line = error_line(subprocess.CompletedProcess(proc.args, proc.returncode, "", stderr.read_text()))
-        assert line == (f"error: terminated (SIGTERM); the finished shards in {out} are kept: rerun with --resume "
-                        "to finish")
-        left = wait_until_gone(known, session, 5)
-        assert not left, f"the local Ray outlived its terminated driver: {left}"
-    finally:
-        kill_leftovers(known)
-    assert not list(out.glob(STALE_GLOB))  # no half-written shard
-    second = digests(out)
-    assert {name: second[name] for name in first} == first and len(second) > len(first)
+    for sig, code, how in [(signal.SIGTERM, 143, "terminated (SIGTERM)"), (signal.SIGINT, 130, "interrupted (SIGINT)")]:
+        before = digests(out)
+        proc, known, session = start_until_a_new_shard(job, out, stderr, "--resume")
+        try:
+            proc.send_signal(sig)
+            proc.wait(timeout=120)
+            assert proc.returncode == code, stderr.read_text()
+            line = error_line(subprocess.CompletedProcess(proc.args, proc.returncode, "", stderr.read_text()))
+            assert line == f"error: {how}; the finished shards in {out} are kept: rerun with --resume to finish"
+            left = wait_until_gone(known, session, 5)
+            assert not left, f"the local Ray outlived its {how} driver: {left}"
+        finally:
+            kill_leftovers(known)
+        assert not list(out.glob(STALE_GLOB))  # no half-written shard
+        after = digests(out)
+        assert {name: after[name] for name in before} == before and len(after) > len(before)
 
     done = sum(len(read_shard(p)) for p in shard_paths(out, "jsonl"))
     resumed = run_tool("batch_infer", "-c", job["cfg"], "--input", job["images"], "--output", out, "--resume",
                        "--quiet", check=True)
     assert f"{done} already done" in resumed.stdout
     assert sorted(r["path"] for r in read_records(out)) == job["paths"]  # every image exactly once
-    assert {name: digest for name, digest in digests(out).items() if name in second} == second
+    assert {name: digest for name, digest in digests(out).items() if name in after} == after
     assert json.loads((out / RUN_RECORD).read_text())["precision"] == "fp32"

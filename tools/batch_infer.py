@@ -5,11 +5,12 @@
       [--format jsonl|parquet] [--resume]
 
 Without --address it starts a local Ray on this machine, stopped when the driver ends however it ends (even
-SIGKILL); SIGTERM stops the run cleanly (exit 143, finished shards kept). Results go to OUT_DIR/part-*.jsonl (or
-.parquet): one record per image, the same as tools/infer.py --output writes, or {"path", "error"} for an
-unreadable image. A shard is written whole or not at all; --resume skips every image a finished shard holds, after
-checking that the same config, model and precision made them (OUT_DIR/_run.json). --vs-infer also runs
-tools/infer.py's loop on the same images and prints both speeds and whether every record is identical.
+SIGKILL); SIGTERM or Ctrl-C stops the run cleanly (exit 143 or 130, finished shards kept). Results go to
+OUT_DIR/part-*.jsonl (or .parquet): one record per image, the same as tools/infer.py --output writes, or
+{"path", "error"} for an unreadable image. A shard is written whole or not at all; --resume skips every image a
+finished shard holds, after checking that the same config, model and precision made them (OUT_DIR/_run.json).
+--vs-infer also runs tools/infer.py's loop on the same images and prints both speeds and whether every record is
+identical.
 Needs Ray: pip install -r requirements-ray.txt
 """
 import argparse
@@ -51,10 +52,11 @@ def main(argv=None):
                            args.cpus_per_worker, args.format, args.resume, args.shard_size)
     try:
         summary = run_batch_inference(cfg, options, quiet=args.quiet)
-    except Terminated:
-        print(f"error: terminated (SIGTERM); the finished shards in {args.output} are kept: rerun with --resume to "
-              "finish", file=sys.stderr)
-        return 128 + signal.SIGTERM
+    except (Terminated, KeyboardInterrupt) as e:
+        how = "terminated (SIGTERM)" if isinstance(e, Terminated) else "interrupted (SIGINT)"
+        print(f"error: {how}; the finished shards in {args.output} are kept: rerun with --resume to finish",
+              file=sys.stderr)
+        return 128 + (signal.SIGTERM if isinstance(e, Terminated) else signal.SIGINT)
     print(summary.line())
     print("\n".join(summary.worker_lines()))
     if args.vs_infer:
