@@ -621,9 +621,11 @@ def _dataset(task: Any, todo: list[ImageItem], worker_cfg: DeployConfig, options
     # inference ONE actor would take every block. The first round (one batch per actor) is decoded before the
     # stream starts: its blocks wait together when the actors start and each actor takes one.
     first = min(len(rows), batch * options.workers)
-    head = _decoded(rows[:first], worker_cfg, batch, blocks=-(-first // batch)).materialize()
-    rest = _decoded(rows[first:], worker_cfg, max(1, min(DECODE_BATCH, -(-len(rows) // (4 * options.workers)))))
-    return (head.union(rest) if rows[first:] else head).map_batches(
+    dataset = _decoded(rows[:first], worker_cfg, batch, blocks=-(-first // batch)).materialize()
+    if rows[first:]:
+        decode_batch = max(1, min(DECODE_BATCH, -(-len(rows) // (4 * options.workers))))
+        dataset = dataset.union(_decoded(rows[first:], worker_cfg, decode_batch))
+    return dataset.map_batches(
         Worker, fn_constructor_kwargs={"cfg": worker_cfg}, batch_size=batch,
         batch_format="numpy", compute=ray.data.ActorPoolStrategy(size=options.workers),
         num_gpus=options.gpus_per_worker or None,
