@@ -467,61 +467,17 @@ def check_reachable(address: str, timeout_s: float = CONNECT_TIMEOUT_S) -> None:
                                ) from e
 
 
-# Stops the local Ray a driver started when the driver ends in any way (exit, crash, SIGKILL). Ray kills its
-# gcs_server and raylet with the driver (PR_SET_PDEATHSIG), but its agents (ray::DashboardAgent,
-# ray::RuntimeEnvAgent) then hang reporting the raylet's death to the dead GCS and outlive the driver
-# (Ray 2.60). Standard library only: it starts in milliseconds and never imports Paddle. It learns the
-# driver's descendants from /proc twice a second and, once the driver's end of its stdin pipe closes (the
-# kernel closes it whatever killed the driver), sends SIGTERM then SIGKILL to those still running.
-_WATCHDOG = r"""
-import os, select, signal, sys, time
-driver, me = int(sys.argv[1]), os.getpid()
-def table():
-    rows = {}
-    for name in os.listdir("/proc"):
-        try:
-            with open("/proc/%s/stat" % name, "rb") as f:
-                fields = f.read().rsplit(b")", 1)[1].split()
-            rows[int(name)] = (int(fields[1]), fields[19], fields[0])
-        except (OSError, ValueError, IndexError):
-            continue
-    return rows
-def descendants(rows):
-    children, found, todo = {}, {}, [driver]
-    for pid, (ppid, _, _) in rows.items():
-        children.setdefault(ppid, []).append(pid)
-    while todo:
-        for pid in children.get(todo.pop(), ()):
-            if pid != me:
-                found[pid] = rows[pid][1]
-                todo.append(pid)
-    return found
-def running(known):
-    rows = table()
-    return [pid for pid, start in known.items() if pid in rows and rows[pid][1] == start and rows[pid][2] != b"Z"]
-signal.signal(signal.SIGINT, signal.SIG_IGN)
-known = {}
-while True:
-    known.update(descendants(table()))
-    if select.select([0], [], [], 0.5)[0] and not os.read(0, 4096):
-        break
-for sig in (signal.SIGTERM, signal.SIGKILL):
-    for pid in running(known):
-        try:
-            os.kill(pid, sig)
-        except OSError:
-            pass
-    deadline = time.time() + 3
-    while running(known) and time.time() < deadline:
-        time.sleep(0.1)
-"""
+# Ray kills its gcs_server and raylet with the driver (PR_SET_PDEATHSIG), but its agents (ray::DashboardAgent,
+# ray::RuntimeEnvAgent) then hang reporting the raylet's death to the dead GCS and outlive the driver (Ray 2.60):
+# deploy/watchdog.py stops them, whatever ended the driver.
+WATCHDOG_SCRIPT = Path(__file__).with_name("watchdog.py")
 
 
 class LocalRayWatchdog:
     """A process, in its own session, that stops the local Ray this driver starts when the driver ends."""
 
     def __init__(self) -> None:
-        self.process = subprocess.Popen([sys.executable, "-I", "-c", _WATCHDOG, str(os.getpid())],
+        self.process = subprocess.Popen([sys.executable, "-I", str(WATCHDOG_SCRIPT), str(os.getpid())],
                                         stdin=subprocess.PIPE, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
                                         start_new_session=True)
 
