@@ -16,7 +16,8 @@ from deploy.tasks.classification import cosine_rows, topk_accuracy
 from deploy.engines.paddle import Predictor
 from deploy.engines.plan import resolve_plan
 from deploy.data.pipeline import ImagePipeline
-from deploy.report.runs import parse_compare, run_specs
+from deploy.report import benchmark as bench
+from deploy.report.runs import load_runs, parse_compare, run_specs
 
 PER_CLASS = 10
 SWEEP = (32, 64)
@@ -208,6 +209,39 @@ def test_benchmark_tool_alone(setup):
     assert [(e["label"], e["threads"]) for e in data["benchmark"]["results"]] == [("fp32", 1), ("int8", 1)]
     assert set(data["files"]["plots"]) == {"throughput", "latency_cdf"} and not (out / "accuracy.png").exists()
     assert "fp32" in result.stdout and "int8" in result.stdout
+
+
+def test_benchmark_takes_turns_in_blocks(setup, monkeypatch):
+    """Each run's turn is a predictor-only block (its batches decoded first, one untimed run, then the timed runs
+    back to back) and an end-to-end block (one untimed batch first): no timed sample is the first run after
+    another run's turn, and no predictor-only sample follows a decode (one sample per turn made predictor-only
+    slower than end to end)."""
+    events = []
+    create_predictor, batch_stream = bench.create_predictor, bench.batch_stream
+
+    def recording_predictor(plan):
+        predictor = create_predictor(plan)
+        run = predictor.run
+        predictor.run = lambda feeds: events.append(plan.precision) or run(feeds)
+        return predictor
+
+    def recording_stream(*args, **kwargs):
+        for batch in batch_stream(*args, **kwargs):
+            events.append("decode")
+            yield batch
+
+    monkeypatch.setattr(bench, "create_predictor", recording_predictor)
+    monkeypatch.setattr(bench, "batch_stream", recording_stream)
+    runs = load_runs(run_specs(setup["cfg"], ["fp32", "int8"]), quiet=True)
+    iters = bench.BLOCK + 2
+    result = bench.benchmark(runs, bench.BenchOptions([2], warmup=0, iters=iters, images=str(setup["images"])),
+                             quiet=True)
+    assert all(len(e.samples_ms) == len(e.e2e_samples_ms) == iters for e in result.entries)
+    turns = [("fp32", bench.BLOCK), ("int8", bench.BLOCK), ("int8", 2), ("fp32", 2)]  # the first run rotates
+    expected = ["decode", "fp32", "int8"]  # the first batch, each predictor's first run
+    for label, block in turns:
+        expected += ["decode"] * (block + 1) + [label] * (block + 1) + ["decode", label] * (block + 1)
+    assert events == expected
 
 
 def test_cli_errors_are_one_line(setup, tmp_path):

@@ -1,11 +1,14 @@
 """Latency, throughput, first-run time and memory of each run, per batch size.
 
 Runs are interleaved so their ratio holds on a noisy machine: for each batch size every predictor is built,
-then timed iterations go round-robin over the runs (the starting run rotates each iteration), so a burst of
-background load hits all of them alike. Two passes: predictor-only times the run of a fresh batch decoded
-beforehand (nothing else on the cores); end to end takes each batch from the run's image pipeline (decode +
-preprocess in the background, runtime.prefetch_batches, for an engine that releases the GIL), runs it and
-post-processes the outputs with the task, as infer.py does.
+then the runs take turns (the starting run rotating each round), so a burst of background load hits all of them
+alike. Each turn is a block of BLOCK samples of both passes: predictor-only times the runs of batches decoded
+before the block (nothing else on the cores); end to end takes each batch from the run's image pipeline (decode
++ preprocess in the background, runtime.prefetch_batches, for an engine that releases the GIL), runs it and
+post-processes the outputs with the task, as infer.py does. Each block starts with one untimed run: a run
+after a pause of a few ms is slower (the engine's threads went idle, its weights left the caches; up to 2x for
+PP-OCR cls on OpenVINO at batch 1), so one predictor-only sample per turn had measured that, not the steady
+state, and came out slower than end to end.
 """
 from __future__ import annotations
 
@@ -222,39 +225,55 @@ def _round_robin(timed: list[_Timed], iters: int, bar: tqdm, step: int = 1, star
             gc.enable()
 
 
-def _time_predictors(timed: list[_Timed], stream: Iterator[Batch], iters: int, bar: tqdm) -> None:
-    """Predictor-only: each sample times one run of a fresh batch, decoded beforehand on this thread, so no
-    decoding competes with the run for the cores."""
-    for t in _round_robin(timed, iters, bar):
-        feeds = t.run.task.feeds(next(stream), t.predictor.input_names)
+BLOCK = 10  # samples a run takes in a row in each pass, after one untimed run
+PREDECODED_BYTES = 256 << 20  # at most this much of a block's batches decoded ahead; beyond it they repeat
+
+
+def _decoded_block(t: _Timed, stream: Iterator[Batch], count: int) -> list[dict[str, np.ndarray]]:
+    """``count`` feeds for ``t``, decoded now: fresh batches until PREDECODED_BYTES, then those again."""
+    feeds, size = [], 0
+    while len(feeds) < count and size < PREDECODED_BYTES:
+        batch = next(stream)
+        feeds.append(t.run.task.feeds(batch, t.predictor.input_names))
+        size += batch.array.nbytes
+    return [feeds[i % len(feeds)] for i in range(count)]
+
+
+def _predictor_block(t: _Timed, stream: Iterator[Batch], block: int) -> None:
+    """Predictor-only: the block's batches are decoded first, so each sample times one run with nothing else on
+    the cores; the runs follow each other as infer.py's do, the first one untimed."""
+    feeds = _decoded_block(t, stream, block + 1)
+    t.predictor.run(feeds[0])
+    for feed in feeds[1:]:
         start = time.perf_counter()
-        t.predictor.run(feeds)
+        t.predictor.run(feed)
         t.infer.append(time.perf_counter() - start)
 
 
-E2E_BLOCK = 10  # end-to-end samples a run takes in a row, between its pipeline's warm-up and close
-
-
-def _time_end_to_end(timed: list[_Timed], open_stream: Callable[[_Timed], Iterator[Batch]], iters: int,
-                     bar: tqdm) -> None:
+def _end_to_end_block(t: _Timed, stream: Iterator[Batch], block: int) -> None:
     """End to end, as infer.py runs: each sample takes the next batch from the run's image pipeline (which
     prefetches in the background for an engine that releases the GIL, waiting only when decoding fell behind),
-    runs it and post-processes the outputs. Runs take turns in blocks of E2E_BLOCK samples, each block on a
-    freshly opened pipeline (one untimed batch to fill it) that is closed before the next run's block, so no
-    run's background decoding spills into another run's samples."""
+    runs it and post-processes the outputs; the first batch (which also fills the pipeline) untimed."""
+    for timed_sample in [False] + [True] * block:
+        start = time.perf_counter()
+        batch = next(stream)
+        t.run.task.postprocess(t.predictor.run(t.run.task.feeds(batch, t.predictor.input_names)), batch)
+        if timed_sample:
+            t.e2e.append(time.perf_counter() - start)
+
+
+def _time_blocks(timed: list[_Timed], serial: Iterator[Batch], open_stream: Callable[[_Timed], Iterator[Batch]],
+                 iters: int, bar: tqdm) -> None:
+    """Both passes, ``iters`` samples each per run: the runs take turns, each turn a predictor-only block then
+    an end-to-end block on a freshly opened pipeline that is closed before the next turn, so no run's
+    background decoding spills into another run's samples, and load that drifts hits both passes alike."""
     done = 0
     while done < iters:
-        block = min(E2E_BLOCK, iters - done)
-        for t in _round_robin(timed, 1, bar, step=block, start=done // E2E_BLOCK):
+        block = min(BLOCK, iters - done)
+        for t in _round_robin(timed, 1, bar, step=2 * block, start=done // BLOCK):
+            _predictor_block(t, serial, block)
             with contextlib.closing(open_stream(t)) as stream:
-                batch = next(stream)
-                t.run.task.postprocess(t.predictor.run(t.run.task.feeds(batch, t.predictor.input_names)), batch)
-                for _ in range(block):
-                    start = time.perf_counter()
-                    batch = next(stream)
-                    t.run.task.postprocess(t.predictor.run(t.run.task.feeds(batch, t.predictor.input_names)),
-                                           batch)
-                    t.e2e.append(time.perf_counter() - start)
+                _end_to_end_block(t, stream, block)
         done += block
 
 
@@ -278,15 +297,14 @@ def bench_batch_size(runs: Sequence[Run], items: list[ImageItem], batch_size: in
             timed.append(_build(run, first, options.warmup))
             stack.enter_context(timed[-1].predictor)
             log.debug("%s bs=%d: first run %.1f ms", run.label, batch_size, timed[-1].first_s * 1000)
-        _time_predictors(timed, serial, options.iters, bar)
         opened = itertools.count()  # each block's pipeline starts further into the images
 
         def open_stream(t: _Timed) -> Iterator[Batch]:
-            start = next(opened) * (E2E_BLOCK + 1) * batch_size
+            start = next(opened) * (BLOCK + 1) * batch_size
             return batch_stream(items, pipeline, batch_size, Loading.of(t.run.cfg.runtime, t.predictor.releases_gil),
                                 start)
 
-        _time_end_to_end(timed, open_stream, options.iters, bar)
+        _time_blocks(timed, serial, open_stream, options.iters, bar)
     entries = [_entry(t, batch_size) for t in timed]
     add_ratios(entries, runs[0].label)
     return entries
