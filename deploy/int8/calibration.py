@@ -93,20 +93,26 @@ def load_calibration_set(cfg: DeployConfig, *, source: Optional[str] = None, num
     candidates = sample_images(cfg, source)
     pipeline = ImagePipeline(cfg.preprocess)
     skipped: list[ImageItem] = []
-    loaded, items = [], []
-    with tqdm(total=min(wanted, len(candidates)), disable=quiet, unit="img", desc="calibration set") as bar, \
-            contextlib.closing(load_images(candidates, pipeline, cfg.runtime.decode_threads)) as images:
+    items: list[ImageItem] = []
+
+    def readable(images: Iterator) -> Iterator[tuple[tuple[ImageItem, Any], np.ndarray]]:
         for item, result in images:
             if isinstance(result, DataError):
                 skipped.append(item)
                 log.warning("skipped %s", result)
                 continue
             array, record = result
-            loaded.append(((item, record), array))
             items.append(item)
             bar.update(1)
+            yield (item, record), array
             if len(items) == wanted:
-                break
+                return
+
+    # Batched as the images arrive, so the set is in memory once (PP-OCR det: 3.3 MB per preprocessed page).
+    with tqdm(total=min(wanted, len(candidates)), disable=quiet, unit="img", desc="calibration set") as bar, \
+            contextlib.closing(load_images(candidates, pipeline, cfg.runtime.decode_threads)) as images:
+        batches = [Batch([item for item, _ in keys], array, [record for _, record in keys])
+                   for keys, array in group_batches(readable(images), pipeline, cfg.runtime.batch_size)]
     src = str(source or cfg.calibration.images)
     if not items:
         raise CalibrationError(f"no readable images in {src} ({len(skipped)} unreadable); "
@@ -116,9 +122,6 @@ def load_calibration_set(cfg: DeployConfig, *, source: Optional[str] = None, num
         if not allow_fewer:
             raise CalibrationError(f"{msg}; add images, lower calibration.num_images, or pass --allow-fewer")
         log.warning("%s; proceeding with %d (--allow-fewer)", msg, len(items))
-    bs = cfg.runtime.batch_size
-    batches = [Batch([item for item, _ in keys], array, [record for _, record in keys])
-               for keys, array in group_batches(loaded, pipeline, bs)]
     return CalibrationSet(src, batches, items, build_task(cfg), len(skipped))
 
 

@@ -112,7 +112,7 @@ class BenchmarkResult:
 
     def to_json(self) -> dict:
         return {"reference": self.reference, "batch_sizes": self.batch_sizes, "warmup": self.warmup,
-                "iters": self.iters, "images": self.images, "order": "round-robin",
+                "iters": self.iters, "images": self.images, "order": "blocks",
                 "results": [e.to_json() for e in self.entries]}
 
 

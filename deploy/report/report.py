@@ -254,9 +254,10 @@ def _speed_section(data: dict) -> list[str]:
                     for e in bench["results"]]
     lines = ["## Speed", "",
              f"Images decoded from `{bench['images']}`. Per batch size, every run's predictor is built (first run "
-             f"= build + first batch), warmed up {bench['warmup']} times, then {bench['iters']} timed iterations go "
-             "round-robin over the runs, so background load hits all runs alike. Predictor-only latency times the "
-             "run of a fresh batch decoded beforehand; end-to-end (e2e) takes each batch from the run's image "
+             f"= build + first batch), warmed up {bench['warmup']} times, then its {bench['iters']} timed samples "
+             "per pass are taken in blocks of 10, each after one untimed run, the runs taking turns so background "
+             "load hits all runs alike. Predictor-only latency times runs of batches decoded before the block; "
+             "end-to-end (e2e) takes each batch from the run's image "
              "pipeline (on engines that release the GIL, decode and preprocess overlap the previous run) and adds "
              "the task's post-processing. Throughput = batch / median latency; 'vs ref' divides by "
              f"`{bench['reference']}`. "
