@@ -170,17 +170,13 @@ def calibrate(cfg: DeployConfig, *, images: Optional[str] = None, num_images: Op
     device, backend = _target(cfg)
     files = ensure_model(cfg.model, quiet=quiet)
     _check_calibratable(cfg, files)
+    destination, run = _TARGETS[backend]
     # Everything that can fail is checked before the long work: where the artifacts go, the manifest.
-    final = _check_destination(cfg, files, backend, output_dir, images)
+    final = destination(cfg, files, output_dir, images)
     cache.prepare_install(files, final)
     calib = load_calibration_set(cfg, source=images, num_images=num_images, allow_fewer=allow_fewer, quiet=quiet)
     start = time.perf_counter()
-    if backend == "trt":
-        result = _calibrate_trt(cfg, files, calib, quiet)
-    elif backend == "openvino":
-        result = _calibrate_openvino(cfg, files, calib, quiet)
-    else:
-        result = _calibrate_cpu(cfg, files, calib, final, quiet)
+    result = run(cfg, files, calib, final, quiet)
     result.seconds = time.perf_counter() - start
     return result
 
@@ -204,31 +200,34 @@ def _check_calibratable(cfg: DeployConfig, files: ModelFiles) -> None:
                           f"tools/inspect_model.py -c {cfg.source} --weights)")
 
 
-def _check_destination(cfg: DeployConfig, files: ModelFiles, backend: str, output_dir: Optional[Path],
-                       images: Optional[str]) -> Path:
-    """Where the target's artifacts go, after checking they can go there: writable, with room for them, and
-    replacing only a folder the toolkit made (never the model, nor the calibration images)."""
-    need = 2 * (files.program.stat().st_size + files.params.stat().st_size)
-    if backend == "trt":
-        final = trt_table_dir(resolve_plan(cfg, quiet=True, calibrating=True))
-        cache.check_output_dir(final, "runtime.trt.cache_dir" if cfg.runtime.trt.cache_dir else "_opt_cache", need)
-        return final
-    if backend == "openvino":
-        final, option, legacy = openvino_int8_dir(files), "_opt_cache/int8_openvino", ("model.xml", "model.bin")
-    else:
-        final = cpu_int8_dir(cfg, files, output_dir).absolute()
-        option = "--output-dir" if output_dir else "calibration.output_dir"
-        legacy = ("scales.json", "inference.pdmodel", "inference.pdiparams")
+def _artifact_bytes(files: ModelFiles) -> int:
+    """Room an INT8 install needs, with margin: twice the FP32 model."""
+    return 2 * (files.program.stat().st_size + files.params.stat().st_size)
+
+
+def _check_replaceable(cfg: DeployConfig, files: ModelFiles, images: Optional[str], final: Path, option: str,
+                       legacy: tuple[str, ...]) -> Path:
+    """``final`` may receive the artifacts: writable, with room, replacing only a folder the toolkit made (never
+    the model, nor the calibration images)."""
     source = images or cfg.calibration.images
     keep = [files.program, files.params] + ([Path(source)] if source and Path(source).exists() else [])
-    cache.check_replaceable(final, option, keep=keep, legacy=legacy, need_bytes=need)
+    cache.check_replaceable(final, option, keep=keep, legacy=legacy, need_bytes=_artifact_bytes(files))
     return final
 
 
 # ---------------------------------------------------------------- TensorRT: Paddle-TRT calibration mode
 
 
-def _calibrate_trt(cfg: DeployConfig, files: ModelFiles, calib: CalibrationSet, quiet: bool) -> CalibrationResult:
+def _trt_destination(cfg: DeployConfig, files: ModelFiles, output_dir: Optional[Path], images: Optional[str]) -> Path:
+    """Where Paddle-TRT reads tables (runtime.trt.cache_dir or _opt_cache): we only add table files there."""
+    final = trt_table_dir(resolve_plan(cfg, quiet=True, calibrating=True))
+    option = "runtime.trt.cache_dir" if cfg.runtime.trt.cache_dir else "_opt_cache"
+    cache.check_output_dir(final, option, _artifact_bytes(files))
+    return final
+
+
+def _calibrate_trt(cfg: DeployConfig, files: ModelFiles, calib: CalibrationSet, table_dir: Path,
+                   quiet: bool) -> CalibrationResult:
     plan = resolve_plan(cfg, quiet=True, calibrating=True)
     scratch = cache.staging_dir(cache.opt_cache_dir(files) / "trt_calibration")
     try:
@@ -254,7 +253,6 @@ def _calibrate_trt(cfg: DeployConfig, files: ModelFiles, calib: CalibrationSet, 
                 f"Paddle-TRT wrote no calibration table after {len(calib.batches)} batches. Known causes: no op "
                 "ran in a TensorRT subgraph (lower runtime.trt.min_subgraph_size, check runtime.trt.disabled_ops),"
                 " the predictor was not destroyed, or the GPU ran out of memory")
-        table_dir = trt_table_dir(plan)
         installed = [table_dir / t.name for t in tables]
         staged = [cache.stage_file(dst, src.read_bytes()) for src, dst in zip(tables, installed)]
         entry = _manifest_entry(cfg, files, calib, "trt", "tensorrt-entropy", "trt", table_dir, tables)
@@ -337,6 +335,12 @@ def _quantize_post_static(files: ModelFiles, calib: CalibrationSet, settings: Ca
         paddle.disable_static()
 
 
+def _cpu_destination(cfg: DeployConfig, files: ModelFiles, output_dir: Optional[Path], images: Optional[str]) -> Path:
+    return _check_replaceable(cfg, files, images, cpu_int8_dir(cfg, files, output_dir).absolute(),
+                              "--output-dir" if output_dir else "calibration.output_dir",
+                              ("scales.json", "inference.pdmodel", "inference.pdiparams"))
+
+
 def _calibrate_cpu(cfg: DeployConfig, files: ModelFiles, calib: CalibrationSet, final: Path,
                    quiet: bool) -> CalibrationResult:
     algo = cfg.calibration.algo
@@ -389,9 +393,14 @@ def _nncf_quantize(files: ModelFiles, calib: CalibrationSet, settings: NncfConfi
     write_ir(quantized, out_xml)
 
 
-def _calibrate_openvino(cfg: DeployConfig, files: ModelFiles, calib: CalibrationSet,
+def _openvino_destination(cfg: DeployConfig, files: ModelFiles, output_dir: Optional[Path],
+                          images: Optional[str]) -> Path:
+    return _check_replaceable(cfg, files, images, openvino_int8_dir(files), "_opt_cache/int8_openvino",
+                              ("model.xml", "model.bin"))
+
+
+def _calibrate_openvino(cfg: DeployConfig, files: ModelFiles, calib: CalibrationSet, final: Path,
                         quiet: bool) -> CalibrationResult:
-    final = openvino_int8_dir(files)
     with cache.staged_dir(final, "int8_openvino") as staged:
         _nncf_quantize(files, calib, cfg.calibration.nncf, staged / "model.xml", quiet)
         artifacts = [staged / "model.xml", staged / "model.bin"]
@@ -402,3 +411,8 @@ def _calibrate_openvino(cfg: DeployConfig, files: ModelFiles, calib: Calibration
     installed = [final / p.name for p in artifacts]
     log.info("wrote OpenVINO INT8 model %s", final)
     return CalibrationResult("openvino", installed, manifest, calib.count, 0.0)
+
+
+# backend -> (where its artifacts go, checked before the work; the calibration that writes them there)
+_TARGETS = {"trt": (_trt_destination, _calibrate_trt), "openvino": (_openvino_destination, _calibrate_openvino),
+            "paddle": (_cpu_destination, _calibrate_cpu)}
