@@ -10,9 +10,9 @@ import json
 import math
 import os
 import stat
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, fields
 from pathlib import Path
-from typing import Any, Callable, Literal, Optional, Union
+from typing import Any, Callable, Literal, Optional, Sequence, Union
 
 import cv2
 import numpy as np
@@ -20,6 +20,7 @@ import numpy as np
 from deploy.errors import ConfigError, DataError
 from deploy.config.schema import build_dataclass, closest_key
 
+WHITE = (255, 255, 255)
 _INTERPOLATIONS = {
     "nearest": cv2.INTER_NEAREST,
     "linear": cv2.INTER_LINEAR,
@@ -41,9 +42,16 @@ def _hw(size: Size, name: str) -> tuple[int, int]:
 
 @dataclass
 class Decode:
-    """Decode the file with OpenCV into HWC uint8 (GRAY gives one channel)."""
+    """Decode the file with OpenCV into HWC uint8 (GRAY gives one channel); transparent pixels (PNG, WebP, TIFF
+    with alpha) are composited onto ``background`` (B, G, R), white by default as PaddleOCR's alpha_to_color."""
 
     mode: Literal["BGR", "RGB", "GRAY"] = "BGR"
+    # Left out of the preprocess fingerprint at its default, so calibrations made before it existed stay fresh.
+    background: list[int] = field(default_factory=lambda: list(WHITE), metadata={"fingerprint": "if_set"})
+
+    def __post_init__(self) -> None:
+        if len(self.background) != 3 or any(not 0 <= v <= 255 for v in self.background):
+            raise ValueError(f"'background' must be [B, G, R] with values 0-255, got {self.background}")
 
 
 @dataclass
@@ -181,15 +189,24 @@ def parse_ops(raw: Any, where: Callable[[str], str], key: str = "preprocess") ->
     return ops
 
 
+def _fingerprinted(op: Any) -> dict:
+    """The op's fields, less those marked fingerprint: if_set while at their default (keys added later)."""
+    values = asdict(op)
+    for f in fields(op):
+        if f.metadata.get("fingerprint") == "if_set" and values[f.name] == getattr(type(op)(), f.name):
+            del values[f.name]
+    return values
+
+
 def ops_fingerprint(ops: list[Any]) -> str:
     """A stable hash of the preprocess ops, recorded with calibration artifacts."""
-    text = json.dumps([[type(op).__name__, asdict(op)] for op in ops], sort_keys=True)
+    text = json.dumps([[type(op).__name__, _fingerprinted(op)] for op in ops], sort_keys=True)
     return hashlib.sha256(text.encode()).hexdigest()
 
 
-def read_image(path: Path, mode: str = "BGR") -> np.ndarray:
+def read_image(path: Path, mode: str = "BGR", background: Sequence[int] = WHITE) -> np.ndarray:
     """The one place images are read: decode ``path`` into HWC uint8, or raise DataError."""
-    return decode_image(_read_regular_file(Path(path)), mode, str(path))
+    return decode_image(_read_regular_file(Path(path)), mode, str(path), background)
 
 
 def _not_regular(path: Path) -> DataError:
@@ -217,11 +234,53 @@ def _cv_reason(e: cv2.error) -> str:
     return getattr(e, "err", None) or str(e).strip().splitlines()[-1]
 
 
-def decode_image(data: np.ndarray, mode: str, name: str) -> np.ndarray:
-    """Decode an encoded image (the bytes of a PNG, JPEG, ... file called ``name``) into HWC uint8."""
-    flag = cv2.IMREAD_GRAYSCALE if mode == "GRAY" else cv2.IMREAD_COLOR
+def _may_have_alpha(data: np.ndarray) -> bool:
+    """From the first bytes: a PNG with an alpha channel or a transparent palette entry, a WebP with alpha, or a
+    TIFF (which may carry one). Everything else decodes in one pass."""
+    head = data[:4096].tobytes()
+    if head.startswith(b"\x89PNG\r\n\x1a\n") and len(head) > 25:
+        return head[25] in (4, 6) or b"tRNS" in head[:head.find(b"IDAT") if b"IDAT" in head else None]
+    if head[:4] == b"RIFF" and head[8:12] == b"WEBP":
+        return head[12:16] == b"VP8L" or (head[12:16] == b"VP8X" and bool(head[20] & 0x10))
+    return head[:4] in (b"II*\x00", b"MM\x00*")
+
+
+def _to_uint8(image: np.ndarray) -> np.ndarray:
+    """8 bits per channel, as IMREAD_COLOR gives (16-bit: the high byte; float: 0-1 scaled)."""
+    if image.dtype == np.uint16:
+        return (image >> 8).astype(np.uint8)
+    if image.dtype.kind == "f":
+        return np.clip(image * 255.0, 0, 255).astype(np.uint8)
+    return image.astype(np.uint8, copy=False)
+
+
+def _composite(image: np.ndarray, background: Sequence[int]) -> Optional[np.ndarray]:
+    """BGR with the alpha channel of ``image`` (BGRA or gray + alpha, any depth) composited onto ``background``;
+    None when it has no alpha channel."""
+    if image.ndim != 3 or image.shape[2] not in (2, 4):
+        return None
+    image = _to_uint8(image)
+    color = cv2.cvtColor(image[:, :, :1], cv2.COLOR_GRAY2BGR) if image.shape[2] == 2 else image[:, :, :3]
+    alpha = image[:, :, -1:].astype(np.float32) / 255.0
+    mixed = color.astype(np.float32) * alpha + np.asarray(background, np.float32) * (1.0 - alpha)
+    return np.rint(mixed).astype(np.uint8)
+
+
+def _decode_bgr_or_gray(data: np.ndarray, mode: str, background: Sequence[int]) -> Optional[np.ndarray]:
+    if _may_have_alpha(data):
+        image = cv2.imdecode(data, cv2.IMREAD_UNCHANGED)
+        composited = _composite(image, background) if image is not None else None
+        if composited is not None:
+            return cv2.cvtColor(composited, cv2.COLOR_BGR2GRAY) if mode == "GRAY" else composited
+    # IMREAD_COLOR applies EXIF orientation and turns gray, 16-bit, palette and CMYK images into 8-bit BGR.
+    return cv2.imdecode(data, cv2.IMREAD_GRAYSCALE if mode == "GRAY" else cv2.IMREAD_COLOR)
+
+
+def decode_image(data: np.ndarray, mode: str, name: str, background: Sequence[int] = WHITE) -> np.ndarray:
+    """Decode an encoded image (the bytes of a PNG, JPEG, ... file called ``name``) into HWC uint8; transparent
+    pixels composited onto ``background`` (B, G, R)."""
     try:
-        image = cv2.imdecode(data, flag) if data.size else None
+        image = _decode_bgr_or_gray(data, mode, background) if data.size else None
         if image is not None and mode == "RGB":
             image = cv2.cvtColor(image, cv2.COLOR_BGR2RGB)
     except cv2.error as e:
@@ -340,11 +399,11 @@ class ImagePipeline:
 
     def load(self, path: Path) -> tuple[np.ndarray, ImageRecord]:
         """Decode ``path`` and preprocess it."""
-        return self.apply(read_image(path, self.decode.mode), str(path))
+        return self.apply(read_image(path, self.decode.mode, self.decode.background), str(path))
 
     def load_bytes(self, data: np.ndarray, name: str) -> tuple[np.ndarray, ImageRecord]:
         """Decode an image file's bytes (read from any filesystem) and preprocess it."""
-        return self.apply(decode_image(data, self.decode.mode, name), name)
+        return self.apply(decode_image(data, self.decode.mode, name, self.decode.background), name)
 
     def apply(self, img: np.ndarray, name: str = "image") -> tuple[np.ndarray, ImageRecord]:
         """Preprocess an already decoded HWC uint8 image (in the decode op's channel order); an op OpenCV cannot
