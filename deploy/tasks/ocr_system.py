@@ -154,7 +154,7 @@ class OcrSystem:
 
     def __call__(self, path: Path) -> OcrLines:
         """Read one document and return its lines (raises DataError for an unreadable image)."""
-        image = read_image(path, "BGR")
+        image = read_image(path, "BGR", self.stages["det"].pipeline.decode.background)  # alpha as det says
         found: TextBoxes = self.stages["det"].run([image], path)[0]
         boxes = sorted_boxes(found.boxes)
         crops = [crop_box(image, box) for box in boxes]
