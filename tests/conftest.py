@@ -47,6 +47,21 @@ def lenet_config(lenet_copy, tmp_path) -> Path:
                         f"_base_: {LENET_CONFIG}\nmodel:\n  dir: {lenet_copy}\n  build: null\n")
 
 
+def lenet_digit_job(lenet: Path, root: Path, per_class: int = 12, corrupt: bool = False) -> dict:
+    """A private LeNet copy under ``root``, its config, and ``per_class`` test digits per class (a sub-folder per
+    class), plus one corrupt PNG when asked: what the batch-inference tests run on."""
+    shutil.copytree(lenet / "inference", root / "model", ignore=shutil.ignore_patterns("_opt_cache"))
+    cfg = write_config(root / "lenet.yml", f"_base_: {LENET_CONFIG}\nmodel:\n  dir: {root / 'model'}\n  build: null\n")
+    images = root / "images"
+    for digit in range(10):
+        (images / str(digit)).mkdir(parents=True)
+        for path in sorted((lenet / "data" / "test" / str(digit)).glob("*.png"))[:per_class]:
+            shutil.copy(path, images / str(digit) / path.name)
+    if corrupt:
+        (images / "3" / "corrupt.png").write_bytes(b"\x89PNG\r\n\x1a\n not really")
+    return {"root": root, "cfg": cfg, "images": images, "paths": sorted(str(p) for p in images.rglob("*.png"))}
+
+
 def run_tool(tool: str, *args: str, check: bool = False) -> subprocess.CompletedProcess:
     """Run tools/<tool>.py in a subprocess exactly as a user would."""
     result = subprocess.run([sys.executable, str(ROOT / "tools" / f"{tool}.py"), *map(str, args)],

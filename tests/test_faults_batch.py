@@ -17,7 +17,7 @@ import pytest
 
 pytest.importorskip("ray", reason="batch inference needs Ray: pip install -r requirements-ray.txt")
 
-from conftest import LENET_CONFIG, ROOT, error_line, run_tool, write_config  # noqa: E402
+from conftest import ROOT, error_line, lenet_digit_job, run_tool, write_config  # noqa: E402
 from deploy.batch_infer import RUN_RECORD, STALE_GLOB, read_records, read_shard, shard_paths, write_shard  # noqa: E402
 
 PER_CLASS = 12
@@ -26,15 +26,7 @@ PER_CLASS = 12
 @pytest.fixture(scope="module")
 def job(lenet, tmp_path_factory):
     """A private model copy, its config, and 120 digits (a sub-folder per class)."""
-    root = tmp_path_factory.mktemp("batch_faults")
-    shutil.copytree(lenet / "inference", root / "model", ignore=shutil.ignore_patterns("_opt_cache"))
-    cfg = write_config(root / "lenet.yml", f"_base_: {LENET_CONFIG}\nmodel:\n  dir: {root / 'model'}\n  build: null\n")
-    images = root / "images"
-    for digit in range(10):
-        (images / str(digit)).mkdir(parents=True)
-        for path in sorted((lenet / "data" / "test" / str(digit)).glob("*.png"))[:PER_CLASS]:
-            shutil.copy(path, images / str(digit) / path.name)
-    return {"root": root, "cfg": cfg, "images": images, "paths": sorted(str(p) for p in images.rglob("*.png"))}
+    return lenet_digit_job(lenet, tmp_path_factory.mktemp("batch_faults"), PER_CLASS)
 
 
 @pytest.fixture(scope="module")

@@ -76,7 +76,7 @@ def _split_list_line(line: str) -> tuple[str, Optional[str]]:
 
 def _from_list_file(list_file: Path, labels: Optional[LabelReader]) -> list[ImageItem]:
     try:
-        lines = list_file.read_text(encoding="utf-8-sig").splitlines()
+        lines = list_file.read_text(encoding="utf-8").splitlines()  # parse_list_lines drops a BOM
     except (OSError, UnicodeDecodeError) as e:
         raise DataError(f"cannot read list file {list_file}: {e}; pass a folder, an image, a glob or a UTF-8 "
                         "list file of 'path[<TAB>label]' lines") from e
