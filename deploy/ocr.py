@@ -58,7 +58,8 @@ class OcrSummary:
         if self.metrics is not None:
             m = self.metrics
             score = (f", end-to-end F1 {100 * m['f1']:.2f}% (precision {100 * m['precision']:.2f}%, recall "
-                     f"{100 * m['recall']:.2f}%) over {self.labelled} labelled")
+                     f"{100 * m['recall']:.2f}%; with spaces F1 {100 * m['f1_spaces']:.2f}%) over "
+                     f"{self.labelled} labelled")
         return (f"summary ({self.stages}): {self.images} images, {len(self.failures)} failures, {self.lines} lines, "
                 f"{self.images_per_s:.2f} images/s{score}")
 
@@ -157,7 +158,8 @@ def write_visualization(path: Path, image: np.ndarray, lines: OcrLines) -> None:
 
 SYSTEM_COLUMNS = {"metrics": [{"key": "f1", "header": "F1", "kind": "pct"},
                               {"key": "precision", "header": "precision", "kind": "pct"},
-                              {"key": "recall", "header": "recall", "kind": "pct"}],
+                              {"key": "recall", "header": "recall", "kind": "pct"},
+                              {"key": "f1_spaces", "header": "F1 (spaces)", "kind": "pct"}],
                   "agreement": [{"key": "agreement", "header": "F1 vs ref", "kind": "pct"}]}
 def parse_system_compare(text: str) -> tuple[str, list[str]]:
     """'int8=det.precision=int8,rec.precision=int8' -> ('int8', ['det.precision=int8', 'rec.precision=int8'])."""

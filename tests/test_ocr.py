@@ -17,8 +17,9 @@ from deploy.engines.paddle import build_predictor_config
 from deploy.errors import CalibrationError, ModelError
 from deploy.int8 import calibration as calibration_mod
 from deploy.int8.shapes import read_shape_ranges
-from deploy.tasks.ocr_rec import ctc_greedy_decode
-from deploy.tasks.ocr_system import crop_box, sorted_boxes
+from deploy.tasks.ocr_det import TextRegion
+from deploy.tasks.ocr_rec import OcrRecTask, TextResult, ctc_greedy_decode
+from deploy.tasks.ocr_system import OcrLines, crop_box, end_to_end, sorted_boxes
 from paddle_signatures import recording_predictor
 from test_predictor_contract import assert_every_call_binds, gpu_env
 
@@ -94,7 +95,8 @@ def test_int8_calibrates_on_inference_batches_and_reports_task_keys(ocr, name, t
              check=True)
     report = json.loads((tmp_path / "report.json").read_text())
     keys = {"det_cfg": {"hmean", "precision", "recall", "agreement"},
-            "rec_cfg": {"exact_match", "norm_edit_dis", "agreement", "norm_edit_agreement"}}[name]
+            "rec_cfg": {"exact_match", "norm_edit_dis", "exact_match_spaces", "agreement",
+                        "norm_edit_agreement"}}[name]
     fp32, int8 = report["accuracy"]["results"]
     assert set(fp32) == keys | {"label", "seconds"} and fp32["agreement"] == 1.0
     assert all(0.0 <= int8[k] <= 1.0 for k in keys)
@@ -128,6 +130,20 @@ def test_ctc_greedy_decode_merges_repeats_and_drops_blanks():
     assert result.text == "aab b" and result.score == pytest.approx(0.7)
 
 
+def test_space_blind_and_space_aware_metrics_side_by_side():
+    """PaddleOCR's exact match ignores spaces; exact_match_spaces / f1_spaces count lost and extra word spaces
+    (runs of spaces and spaces at the ends do not count)."""
+    rec = OcrRecTask(load_config(ROOT / "configs" / "ppocr_rec.yml"))
+    found = [TextResult("wateropendelivery", 0.9), TextResult("Total  12.50 ", 0.9), TextResult("价格12.50元", 0.9)]
+    truth = ["water open delivery", "Total 12.50", "价格12.50元"]
+    metrics = rec.score(found, truth)
+    assert metrics["exact_match"] == 1.0 and metrics["exact_match_spaces"] == pytest.approx(2 / 3)
+    box = np.array([[0, 0], [100, 0], [100, 20], [0, 20]], np.float32)
+    lines = OcrLines(np.stack([box, box + [0, 40]]), ["wateropen", "Total 12.50"], [0.9, 0.9])
+    e2e = end_to_end([lines], [[TextRegion(box, "water open"), TextRegion(box + [0, 40], "Total 12.50")]])
+    assert e2e["f1"] == 1.0 and e2e["f1_spaces"] == 0.5 and e2e["recall_spaces"] == 0.5
+
+
 def test_resize_limit_side_matches_paddleocr(tmp_path):
     """DetResizeForTest (limit_type max): shrink so the long side is <= limit, round each side to 32."""
     path = tmp_path / "doc.png"
@@ -137,6 +153,22 @@ def test_resize_limit_side_matches_paddleocr(tmp_path):
     assert record.src_hw == (700, 1500) and record.resized_hw == (448, 960) == array.shape[:2]  # 700*0.64 = 14*32
     cv2.imwrite(str(path), np.zeros((50, 70, 3), np.uint8))  # small images are not enlarged, only rounded to 32
     assert pipeline.load(path)[1].resized_hw == (64, 64)
+
+
+@pytest.mark.parametrize("hw, op, expected", [
+    ((323, 430), ResizeLimitSide(736, "min", max_side_limit=4000), (736, 992)),  # a small label: scaled up
+    ((54, 1167), ResizeLimitSide(736, "min", max_side_limit=4000), (192, 4000)),  # a strip: up, then capped
+    ((54, 1167), ResizeLimitSide(736, "min"), (736, 15904)),  # no cap: 13.6x up
+    ((3000, 9000), ResizeLimitSide(736, "min", max_side_limit=4000), (1344, 4000)),  # a huge scan: capped
+    ((3000, 9000), ResizeLimitSide(960, "max", max_side_limit=4000), (320, 960)),
+    ((900, 1200), ResizeLimitSide(736, "min", max_side_limit=4000), (896, 1216)),  # large enough: rounded
+])
+def test_resize_limit_side_min_and_max_side_limit(hw, op, expected):
+    """PaddleOCR 3.x's DetResizeForTest (type 0): limit_type min scales the short side up to the limit, then
+    max_side_limit scales the long side back down; int() truncation before rounding each side to 32."""
+    pipeline = ImagePipeline([Decode("BGR"), op])
+    array, record = pipeline.apply(np.zeros((*hw, 3), np.uint8))
+    assert record.resized_hw == expected == array.shape[:2]
 
 
 def test_reading_order_and_crops():
@@ -204,7 +236,8 @@ def test_ocr_system_side_by_side_report(ocr, tmp_path):
     assert report["task"] == "ocr_system" and [r["precision"] for r in report["runs"]] == [
         "det fp32, rec fp32", "det fp32, rec int8"]
     fp32, int8 = report["accuracy"]["results"]
-    assert set(fp32) == {"label", "precision", "recall", "f1", "agreement", "seconds"}
+    assert set(fp32) == {"label", "precision", "recall", "f1", "precision_spaces", "recall_spaces", "f1_spaces",
+                         "agreement", "seconds"}
     assert fp32["agreement"] == 1.0 and (fp32["label"], int8["label"]) == ("fp32", "int8")
     assert all(0.0 <= int8[k] <= 1.0 for k in ("precision", "recall", "f1", "agreement"))
     assert (tmp_path / "accuracy.png").is_file() and "| F1 |" in (tmp_path / "report.md").read_text()

@@ -82,17 +82,24 @@ class ResizeKeepRatio:
 
 @dataclass
 class ResizeLimitSide:
-    """Scale so the longest side is at most ``limit_side_len`` (``limit_type: max``; ``min``: the shortest at
-    least), then round both sides to multiples of ``multiple`` (PaddleOCR's DetResizeForTest for DB detectors)."""
+    """Scale so the longest side is at most ``limit_side_len`` (``limit_type: max``: never up; ``min``: the
+    shortest at least, so small images are scaled up), then down again so the longest side is at most
+    ``max_side_limit`` (when set), then round both sides to multiples of ``multiple``: PaddleOCR 3.x's
+    DetResizeForTest (text_det_limit_type / text_det_limit_side_len / max_side_limit) for DB detectors."""
 
     limit_side_len: int = 960
     limit_type: Literal["max", "min"] = "max"
     multiple: int = 32
     interpolation: Interpolation = "linear"
+    # Left out of the preprocess fingerprint while unset, so calibrations made before it existed stay fresh.
+    max_side_limit: Optional[int] = field(default=None, metadata={"fingerprint": "if_set"})
 
     def __post_init__(self) -> None:
         if self.limit_side_len <= 0 or self.multiple <= 0:
             raise ValueError("'limit_side_len' and 'multiple' must be positive")
+        if self.max_side_limit is not None and self.max_side_limit < self.multiple:
+            raise ValueError(f"'max_side_limit' must be at least 'multiple' ({self.multiple}), got "
+                             f"{self.max_side_limit}")
 
 
 @dataclass
@@ -308,16 +315,25 @@ def _resize_keep_ratio(img: np.ndarray, op: ResizeKeepRatio) -> np.ndarray:
     return cv2.resize(img, (out_w, op.height), interpolation=_INTERPOLATIONS[op.interpolation])
 
 
-def _resize_limit_side(img: np.ndarray, op: ResizeLimitSide) -> np.ndarray:
-    h, w = img.shape[:2]
+def limit_side_size(h: int, w: int, op: ResizeLimitSide) -> tuple[int, int]:
+    """The (height, width) ``resize_limit_side`` gives an h x w image, as PaddleX's resize_image_type0."""
     side = max(h, w) if op.limit_type == "max" else min(h, w)
-    too_big = side > op.limit_side_len if op.limit_type == "max" else side < op.limit_side_len
-    ratio = op.limit_side_len / side if too_big else 1.0
+    out_of_limit = side > op.limit_side_len if op.limit_type == "max" else side < op.limit_side_len
+    ratio = op.limit_side_len / side if out_of_limit else 1.0
+    out_h, out_w = int(h * ratio), int(w * ratio)
+    if op.max_side_limit is not None and max(out_h, out_w) > op.max_side_limit:
+        cap = op.max_side_limit / max(out_h, out_w)
+        out_h, out_w = int(out_h * cap), int(out_w * cap)
 
-    def snap(n: float) -> int:
-        return max(int(round(int(n) / op.multiple) * op.multiple), op.multiple)
+    def snap(n: int) -> int:
+        return max(int(round(n / op.multiple) * op.multiple), op.multiple)
 
-    return cv2.resize(img, (snap(w * ratio), snap(h * ratio)), interpolation=_INTERPOLATIONS[op.interpolation])
+    return snap(out_h), snap(out_w)
+
+
+def _resize_limit_side(img: np.ndarray, op: ResizeLimitSide) -> np.ndarray:
+    out_h, out_w = limit_side_size(*img.shape[:2], op)
+    return cv2.resize(img, (out_w, out_h), interpolation=_INTERPOLATIONS[op.interpolation])
 
 
 def _center_crop(img: np.ndarray, op: CenterCrop) -> np.ndarray:

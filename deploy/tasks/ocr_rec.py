@@ -1,6 +1,7 @@
 """Text recognition (CTC): greedy CTC decoding of a [N, T, classes] output with the model's character
-dictionary; exact-match accuracy and 1 - normalized edit distance (PaddleOCR's RecMetric); agreement = the same
-text as the reference run."""
+dictionary; exact-match accuracy and 1 - normalized edit distance, both blind to spaces (PaddleOCR's RecMetric),
+and exact match with the word spaces counted (exact_match_spaces: "wateropen" is not "water open"); agreement =
+the same text as the reference run."""
 from __future__ import annotations
 
 import functools
@@ -52,15 +53,22 @@ def ctc_greedy_decode(probs: np.ndarray, characters: Sequence[str]) -> list[Text
     return results
 
 
-def _compact(text: str) -> str:
-    return text.replace(" ", "")  # PaddleOCR's RecMetric ignores spaces by default
+def compact(text: str) -> str:
+    """The text without spaces, as PaddleOCR's RecMetric compares it by default."""
+    return text.replace(" ", "")
+
+
+def spaced(text: str) -> str:
+    """The text with its word spaces kept: runs of whitespace count as one space, none at either end."""
+    return " ".join(text.split())
 
 
 class OcrRecTask(Task):
     """Text-line recognition with a CTC head (PP-OCR rec models)."""
 
     name = "ocr_rec"
-    metrics = (MetricColumn("exact_match", "exact match"), MetricColumn("norm_edit_dis", "1 - NED"))
+    metrics = (MetricColumn("exact_match", "exact match"), MetricColumn("norm_edit_dis", "1 - NED"),
+               MetricColumn("exact_match_spaces", "exact match (spaces)"))
     agreements = (MetricColumn("agreement", "same text"), MetricColumn("norm_edit_agreement", "1 - NED vs ref"))
 
     @functools.cached_property
@@ -93,10 +101,12 @@ class OcrRecTask(Task):
     def score(self, results: Sequence[TextResult], labels: Sequence[Optional[str]]) -> Metrics:
         found, truth = known(results, labels)
         if not truth:
-            return {"exact_match": None, "norm_edit_dis": None}
-        exact = [_compact(r.text) == _compact(t) for r, t in zip(found, truth)]
-        distance = [Levenshtein.normalized_distance(_compact(r.text), _compact(t)) for r, t in zip(found, truth)]
-        return {"exact_match": float(np.mean(exact)), "norm_edit_dis": 1.0 - float(np.mean(distance))}
+            return {"exact_match": None, "norm_edit_dis": None, "exact_match_spaces": None}
+        exact = [compact(r.text) == compact(t) for r, t in zip(found, truth)]
+        distance = [Levenshtein.normalized_distance(compact(r.text), compact(t)) for r, t in zip(found, truth)]
+        exact_spaces = [spaced(r.text) == spaced(t) for r, t in zip(found, truth)]
+        return {"exact_match": float(np.mean(exact)), "norm_edit_dis": 1.0 - float(np.mean(distance)),
+                "exact_match_spaces": float(np.mean(exact_spaces))}
 
     def agreement(self, results: Sequence[TextResult], reference: Sequence[TextResult]) -> Metrics:
         same = [r.text == ref.text for r, ref in zip(results, reference)]

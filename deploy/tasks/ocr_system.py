@@ -4,7 +4,8 @@ left-to-right -> crop each with a perspective warp -> (turn crops the direction 
 
 End-to-end metric on labelled documents (PaddleOCR det labels with transcriptions): a line counts when a
 detected box matches a ground-truth polygon (IoU > 0.5, one-to-one, as the det metric) AND its recognised text
-equals the transcription (spaces ignored, as the rec metric); precision, recall and F1 over all lines.
+equals the transcription: spaces ignored, as the rec metric (precision, recall, f1), and with the word spaces
+counted (precision_spaces, recall_spaces, f1_spaces), over all lines.
 """
 from __future__ import annotations
 
@@ -27,7 +28,7 @@ from deploy.tasks.base import Metrics, Task
 from deploy.tasks.classification import ClassificationTask, Prediction
 from deploy.tasks.ocr_det import OcrDetTask, TextBoxes, TextRegion
 from deploy.tasks.ocr_det_post import match_pairs
-from deploy.tasks.ocr_rec import OcrRecTask, TextResult
+from deploy.tasks.ocr_rec import OcrRecTask, TextResult, compact, spaced
 from deploy.tasks.registry import build_task
 
 log = logging.getLogger(__name__)
@@ -179,30 +180,33 @@ class OcrSystem:
         self.close()
 
 
-def _same_text(a: str, b: str) -> bool:
-    return a.replace(" ", "") == b.replace(" ", "")
-
-
-def line_counts(lines: OcrLines, truth: Sequence[TextRegion]) -> tuple[int, int, int]:
-    """(lines right in place and text, ground-truth lines that count, detected lines) for one image."""
+def line_counts(lines: OcrLines, truth: Sequence[TextRegion]) -> tuple[int, int, int, int]:
+    """(lines right in place and text with spaces ignored, the same with spaces counted, ground-truth lines that
+    count, detected lines) for one image."""
     ignore = [r.ignore for r in truth]
     pairs = match_pairs([r.points for r in truth], list(lines.boxes), ignore=ignore)
-    right = sum(_same_text(lines.texts[d], truth[g].text) for g, d in pairs)
-    return right, sum(not i for i in ignore), len(lines.texts)
+    right = sum(compact(lines.texts[d]) == compact(truth[g].text) for g, d in pairs)
+    right_spaces = sum(spaced(lines.texts[d]) == spaced(truth[g].text) for g, d in pairs)
+    return right, right_spaces, sum(not i for i in ignore), len(lines.texts)
+
+
+def _prf(right: int, gt: int, found: int, suffix: str = "") -> Metrics:
+    precision = right / found if found else 0.0
+    recall = right / gt if gt else 0.0
+    f1 = 2 * precision * recall / (precision + recall) if precision + recall else 0.0
+    return {f"precision{suffix}": precision, f"recall{suffix}": recall, f"f1{suffix}": f1}
 
 
 def end_to_end(results: Sequence[OcrLines], labels: Sequence[Optional[Sequence[TextRegion]]]) -> Metrics:
-    """Line-level precision, recall and F1 over the labelled images."""
-    right = gt = found = 0
+    """Line-level precision, recall and F1 over the labelled images, spaces ignored, then counted."""
+    right = right_spaces = gt = found = 0
     for lines, truth in zip(results, labels):
         if truth is None:
             continue
         counts = line_counts(lines, truth)
-        right, gt, found = right + counts[0], gt + counts[1], found + counts[2]
-    precision = right / found if found else 0.0
-    recall = right / gt if gt else 0.0
-    f1 = 2 * precision * recall / (precision + recall) if precision + recall else 0.0
-    return {"precision": precision, "recall": recall, "f1": f1}
+        right, right_spaces = right + counts[0], right_spaces + counts[1]
+        gt, found = gt + counts[2], found + counts[3]
+    return {**_prf(right, gt, found), **_prf(right_spaces, gt, found, "_spaces")}
 
 
 def agreement(results: Sequence[OcrLines], reference: Sequence[OcrLines]) -> float:
