@@ -5,9 +5,14 @@ import json
 import subprocess
 import sys
 
+from pathlib import Path
+
 import cv2
+import matplotlib
 import numpy as np
 import pytest
+from PIL import Image, ImageDraw, ImageFont
+from rapidfuzz.distance import Levenshtein
 
 from conftest import ROOT, error_line, run_tool, write_config
 from deploy.config.loader import load_config
@@ -18,7 +23,7 @@ from deploy.errors import CalibrationError, ModelError
 from deploy.int8 import calibration as calibration_mod
 from deploy.int8.shapes import read_shape_ranges
 from deploy.tasks.ocr_det import TextRegion
-from deploy.tasks.ocr_rec import OcrRecTask, TextResult, ctc_greedy_decode
+from deploy.tasks.ocr_rec import CtcPath, OcrRecTask, TextResult, ctc_greedy_decode, join_pieces, line_pieces
 from deploy.tasks.ocr_system import OcrLines, crop_box, end_to_end, sorted_boxes
 from paddle_signatures import recording_predictor
 from test_predictor_contract import assert_every_call_binds, gpu_env
@@ -71,6 +76,72 @@ def test_rec_reads_the_rendered_lines(ocr, tmp_path):
     exact = np.mean([r["text"].replace(" ", "") == r["label"].replace(" ", "") for r in records])
     assert exact >= 0.85 and data["summary"]["exact_match"] == pytest.approx(exact)
     assert f"exact match {100 * exact:.2f}%" in summary
+
+
+def draw_line(path, text, height=48, size=32):
+    """One line of DejaVu Sans (the TTF inside matplotlib), black on white, as a PNG; returns its width."""
+    font = ImageFont.truetype(str(Path(matplotlib.get_data_path()) / "fonts" / "ttf" / "DejaVuSans.ttf"), size)
+    width = font.getbbox(text)[2] + 20
+    image = Image.new("RGB", (width, height), "white")
+    ImageDraw.Draw(image).text((10, (height - size) // 2), text, font=font, fill="black")
+    image.save(path)
+    return width
+
+
+def test_line_pieces_cover_the_line_and_overlap():
+    assert line_pieces(1500, 1920, 96) == [(0, 1500)]
+    pieces = line_pieces(5000, 1920, 96)
+    assert pieces[0][0] == 0 and pieces[-1][1] == 5000 and all(e - s == 1920 for s, e in pieces)
+    assert all(a_end - b_start >= 96 for (_, a_end), (b_start, _) in zip(pieces, pieces[1:]))
+
+
+def test_join_pieces_keeps_each_character_once():
+    """Two pieces of a 16-step line overlapping by 8 columns (steps of 1 px): 'abcd' at steps 2, 5, 9, 13 of the
+    line; each piece sees the characters inside it; the join keeps each once, in order."""
+    chars = ["<blank>", "a", "b", "c", "d"]
+    left = CtcPath(np.array([1, 2, 3]), np.array([2, 5, 9]), np.array([0.9, 0.8, 0.7]), 12)  # columns 0-12
+    right = CtcPath(np.array([2, 3, 4]), np.array([1, 5, 9]), np.array([0.8, 0.7, 0.6]), 12)  # columns 4-16
+    result = join_pieces([left, right], [(0, 12), (4, 16)], 12, chars)
+    assert result.text == "abcd" and result.score == pytest.approx(np.mean([0.9, 0.8, 0.7, 0.6]))
+
+
+def test_a_line_wider_than_max_width_is_read_in_pieces(ocr, tmp_path):
+    """A 60-word line (about 2,700 px at height 48): squeezed into max_width 1920 PP-OCRv4 reads garbage; the
+    shipped rec config (long_lines: split) reads it in overlapping pieces and joins them."""
+    words = "the quick brown fox jumps over a lazy dog while prices rise to 12.50 EUR per unit".split()
+    rng = np.random.default_rng(0)
+    text = " ".join(rng.choice(words) for _ in range(60))
+    assert draw_line(tmp_path / "long.png", text) > 1920 * 1.3
+    (tmp_path / "labels.txt").write_text(f"long.png\t{text}\n")
+    outputs = {}
+    for mode in ("split", "squeeze"):
+        cfg = write_config(tmp_path / f"{mode}.yml", f"""_base_: {ocr['rec_cfg']}
+preprocess:
+  - decode: {{mode: BGR}}
+  - resize_keep_ratio: {{height: 48, max_width: 1920, long_lines: {mode}}}
+  - normalize: {{scale: 0.00392156862745098, mean: [0.5, 0.5, 0.5], std: [0.5, 0.5, 0.5]}}
+  - to_chw
+  - batch_pad: {{value: 0.0, min_size: [48, 320], sort_by_width: true}}
+""")
+        out = tmp_path / f"{mode}.json"
+        run_tool("infer", "-c", cfg, "--image", tmp_path / "labels.txt", "--output", out, "--quiet", check=True)
+        outputs[mode] = json.loads(out.read_text())["results"][0]["text"]
+    assert Levenshtein.normalized_distance(outputs["split"].strip(), text) < 0.02
+    assert Levenshtein.normalized_distance(outputs["squeeze"].strip(), text) > 0.5
+    assert load_config(ocr["rec_cfg"]).preprocess[1].long_lines == "split"  # the shipped default
+
+
+def test_long_lines_split_needs_the_rec_task(tmp_path):
+    cfg = write_config(tmp_path / "cls.yml", f"""_base_: {ROOT / 'configs' / 'ppocr_cls.yml'}
+preprocess:
+  - decode: {{mode: BGR}}
+  - resize_keep_ratio: {{height: 48, max_width: 192, long_lines: split}}
+  - normalize: {{scale: 0.00392156862745098, mean: [0.5, 0.5, 0.5], std: [0.5, 0.5, 0.5]}}
+  - to_chw
+""")
+    result = run_tool("infer", "-c", cfg, "--image", tmp_path)
+    assert result.returncode == 2
+    assert "long_lines: split needs the ocr_rec task" in error_line(result)
 
 
 def test_det_finds_the_rendered_lines(ocr, tmp_path):

@@ -73,11 +73,23 @@ class Resize:
 
 @dataclass
 class ResizeKeepRatio:
-    """Resize to a fixed height keeping the aspect ratio, the width capped at max_width (PP-OCR style)."""
+    """Resize to a fixed height keeping the aspect ratio (PP-OCR style). A line that would be wider than
+    ``max_width`` is squeezed to it (``long_lines: squeeze``), or kept whole (``long_lines: split``: the ocr_rec
+    task recognises it in pieces of at most ``max_width``, ``split_overlap`` px apart, and joins their texts)."""
 
     height: int = 48
     max_width: int = 192
     interpolation: Interpolation = "linear"
+    # Left out of the preprocess fingerprint at their defaults, so calibrations made before they existed stay fresh.
+    long_lines: Literal["squeeze", "split"] = field(default="squeeze", metadata={"fingerprint": "if_set"})
+    split_overlap: int = field(default=96, metadata={"fingerprint": "if_set"})
+
+    def __post_init__(self) -> None:
+        if self.height <= 0 or self.max_width <= 0:
+            raise ValueError("'height' and 'max_width' must be positive")
+        if self.long_lines == "split" and not 0 <= self.split_overlap <= self.max_width // 2:
+            raise ValueError(f"'split_overlap' must be 0 to max_width / 2 ({self.max_width // 2}), got "
+                             f"{self.split_overlap}")
 
 
 @dataclass
@@ -311,7 +323,9 @@ def _resize(img: np.ndarray, op: Resize) -> np.ndarray:
 
 def _resize_keep_ratio(img: np.ndarray, op: ResizeKeepRatio) -> np.ndarray:
     h, w = img.shape[:2]
-    out_w = min(op.max_width, max(1, int(math.ceil(op.height * w / h))))
+    out_w = max(1, int(math.ceil(op.height * w / h)))
+    if op.long_lines == "squeeze":
+        out_w = min(op.max_width, out_w)
     return cv2.resize(img, (out_w, op.height), interpolation=_INTERPOLATIONS[op.interpolation])
 
 
@@ -438,14 +452,18 @@ class ImagePipeline:
 
     def batch(self, arrays: list[np.ndarray]) -> np.ndarray:
         """Stack preprocessed images: all must share one shape, unless batch_pad pads them to the largest."""
-        shapes = {a.shape for a in arrays}
+        shape = self.batch_shape({a.shape for a in arrays})
+        return np.stack([a if a.shape == shape else self._pad_to(a, shape) for a in arrays])
+
+    def batch_shape(self, shapes: set[tuple[int, ...]]) -> tuple[int, ...]:
+        """The shape of each image in a batch of preprocessed images of these shapes (see ``batch``)."""
         if self.batch_pad is not None and (len(shapes) > 1 or self.batch_pad.min_size is not None):
-            return np.stack([self._pad_to(a, self._batch_shape(shapes)) for a in arrays])
+            return self._batch_shape(shapes)
         if len(shapes) > 1:
             raise DataError(f"preprocessed images have different shapes {sorted(shapes)}; batch equal shapes "
                             "together (data.iter_batches), or add a fixed-size resize/center_crop/pad op or "
                             "batch_pad to preprocess")
-        return np.stack(arrays)
+        return next(iter(shapes))
 
     def _batch_shape(self, shapes: set[tuple[int, ...]]) -> tuple[int, ...]:
         """The padded shape of a batch: the largest height and width; every other dim must agree."""

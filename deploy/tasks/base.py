@@ -50,6 +50,7 @@ class Task(ABC):
     metrics: ClassVar[tuple[MetricColumn, ...]]  # the task's metric keys in report.json; the first is the headline
     agreements: ClassVar[tuple[MetricColumn, ...]]  # agreement with the reference run; the first is "agreement"
     IMAGE_INPUTS: ClassVar[tuple[str, ...]] = ("x", "image", "images", "input", "inputs")
+    splits_long_lines: ClassVar[bool] = False  # runs a line wider than max_width in pieces (resize_keep_ratio)
 
     def __init__(self, cfg: DeployConfig):
         self.cfg = cfg

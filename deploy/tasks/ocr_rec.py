@@ -1,7 +1,12 @@
 """Text recognition (CTC): greedy CTC decoding of a [N, T, classes] output with the model's character
 dictionary; exact-match accuracy and 1 - normalized edit distance, both blind to spaces (PaddleOCR's RecMetric),
 and exact match with the word spaces counted (exact_match_spaces: "wateropen" is not "water open"); agreement =
-the same text as the reference run."""
+the same text as the reference run.
+
+A line wider than the resize op's max_width is either squeezed to it (PP-OCR's way: an 8000 px line becomes
+garbage) or, with ``long_lines: split``, fed as pieces of max_width that overlap by split_overlap px; each
+character is placed by its CTC time step and kept by the piece whose share of the line holds it, so the pieces'
+texts join without string alignment."""
 from __future__ import annotations
 
 import functools
@@ -12,6 +17,7 @@ from typing import Optional, Sequence
 import numpy as np
 from rapidfuzz.distance import Levenshtein
 
+from deploy.data.pipeline import ImagePipeline, ResizeKeepRatio
 from deploy.data.sources import Batch
 from deploy.errors import ConfigError, DataError
 from deploy.tasks.base import MetricColumn, Metrics, Task, known
@@ -40,17 +46,63 @@ def load_characters(path: Optional[Path], use_space_char: bool) -> list[str]:
     return ["<blank>"] + chars + ([" "] if use_space_char else [])
 
 
-def ctc_greedy_decode(probs: np.ndarray, characters: Sequence[str]) -> list[TextResult]:
-    """Best path per row of [N, T, classes]: merge repeats, drop blanks; the score averages the kept steps."""
+@dataclass
+class CtcPath:
+    """One row's best path after merging repeats and dropping blanks: class ids, the time step where each
+    character starts, and its probability there."""
+
+    ids: np.ndarray
+    steps: np.ndarray
+    confs: np.ndarray
+    total_steps: int  # T, the row's time steps: step t covers columns [t, t + 1) * input width / T
+
+    def result(self, characters: Sequence[str], keep: Optional[np.ndarray] = None) -> TextResult:
+        """The text and its score (the mean probability of the kept characters), of all or of ``keep``."""
+        ids, confs = (self.ids, self.confs) if keep is None else (self.ids[keep], self.confs[keep])
+        return TextResult("".join(characters[i] for i in ids), float(confs.mean()) if len(ids) else 0.0)
+
+
+def ctc_best_paths(probs: np.ndarray) -> list[CtcPath]:
+    """Greedy CTC decoding of [N, T, classes]: per row, the argmax per step, repeats merged, blanks dropped."""
     ids, confs = probs.argmax(axis=2), probs.max(axis=2)
-    results = []
+    paths = []
     for row_ids, row_conf in zip(ids, confs):
         keep = np.ones(len(row_ids), dtype=bool)
         keep[1:] = row_ids[1:] != row_ids[:-1]
         keep &= row_ids != BLANK
-        text = "".join(characters[i] for i in row_ids[keep])
-        results.append(TextResult(text, float(row_conf[keep].mean()) if keep.any() else 0.0))
-    return results
+        paths.append(CtcPath(row_ids[keep], np.flatnonzero(keep), row_conf[keep], len(row_ids)))
+    return paths
+
+
+def ctc_greedy_decode(probs: np.ndarray, characters: Sequence[str]) -> list[TextResult]:
+    """Best path per row of [N, T, classes]: merge repeats, drop blanks; the score averages the kept steps."""
+    return [path.result(characters) for path in ctc_best_paths(probs)]
+
+
+def line_pieces(width: int, max_width: int, overlap: int) -> list[tuple[int, int]]:
+    """[start, end) columns of the pieces a resized line ``width`` px wide is recognised in: the whole line when
+    it fits ``max_width``, else pieces of ``max_width`` at least ``overlap`` px apart, the last one ending at the
+    line's end."""
+    if width <= max_width:
+        return [(0, width)]
+    starts = list(range(0, width - max_width, max_width - overlap)) + [width - max_width]
+    return [(start, start + max_width) for start in starts]
+
+
+def join_pieces(paths: Sequence[CtcPath], pieces: Sequence[tuple[int, int]], piece_width: int,
+                characters: Sequence[str]) -> TextResult:
+    """One line's text from its pieces' paths: each character is placed at its time step's column in the line,
+    and kept by the piece whose share of the line holds it (the overlaps are cut in the middle)."""
+    cuts = [(b_start + a_end) / 2 for (_, a_end), (b_start, _) in zip(pieces, pieces[1:])]
+    bounds = list(zip([-np.inf, *cuts], [*cuts, np.inf]))
+    ids, confs = [], []
+    for path, (start, _), (low, high) in zip(paths, pieces, bounds):
+        step_px = piece_width / max(1, path.total_steps)
+        columns = start + (path.steps + 0.5) * step_px
+        kept = (columns >= low) & (columns < high)
+        ids.append(path.ids[kept])
+        confs.append(path.confs[kept])
+    return CtcPath(np.concatenate(ids), np.zeros(0, np.int64), np.concatenate(confs), 0).result(characters)
 
 
 def compact(text: str) -> str:
@@ -67,6 +119,7 @@ class OcrRecTask(Task):
     """Text-line recognition with a CTC head (PP-OCR rec models)."""
 
     name = "ocr_rec"
+    splits_long_lines = True
     metrics = (MetricColumn("exact_match", "exact match"), MetricColumn("norm_edit_dis", "1 - NED"),
                MetricColumn("exact_match_spaces", "exact match (spaces)"))
     agreements = (MetricColumn("agreement", "same text"), MetricColumn("norm_edit_agreement", "1 - NED vs ref"))
@@ -83,6 +136,37 @@ class OcrRecTask(Task):
     def label_json(self, label: str) -> str:
         return label
 
+    # ------------------------------------------------------------------ lines wider than max_width, in pieces
+
+    @functools.cached_property
+    def _resize(self) -> Optional[ResizeKeepRatio]:
+        return next((op for op in self.cfg.preprocess if isinstance(op, ResizeKeepRatio)), None)
+
+    @functools.cached_property
+    def _pipeline(self) -> ImagePipeline:
+        return ImagePipeline(self.cfg.preprocess)  # pads the pieces as it pads batches (batch_pad)
+
+    def _pieces(self, batch: Batch) -> Optional[list[list[tuple[int, int]]]]:
+        """Each line's pieces when a line of the batch is wider than max_width (long_lines: split), else None."""
+        op = self._resize
+        if op is None or op.long_lines != "split":
+            return None
+        widths = [record.resized_hw[1] for record in batch.records]
+        if max(widths) <= op.max_width:
+            return None
+        return [line_pieces(width, op.max_width, op.split_overlap) for width in widths]
+
+    @staticmethod
+    def _piece_rows(batch: Batch, pieces: list[list[tuple[int, int]]]) -> list[np.ndarray]:
+        return [batch.array[i, ..., start:end] for i, line in enumerate(pieces) for start, end in line]
+
+    def feeds(self, batch: Batch, input_names: Sequence[str]) -> dict[str, np.ndarray]:
+        """The batch, or when a line is wider than max_width, every line's pieces (one row each, padded)."""
+        pieces = self._pieces(batch)
+        if pieces is None:
+            return super().feeds(batch, input_names)
+        return {self.image_input(input_names): self._pipeline.batch(self._piece_rows(batch, pieces))}
+
     def postprocess(self, outputs: dict[str, np.ndarray], batch: Batch) -> list[TextResult]:
         probs = next(iter(outputs.values()))
         if probs.ndim != 3 or probs.shape[2] != len(self.characters):
@@ -90,7 +174,19 @@ class OcrRecTask(Task):
                             f"postprocess.character_dict {self.cfg.postprocess.character_dict} "
                             f"(use_space_char {self.cfg.postprocess.use_space_char}) should give [N, T, "
                             f"{len(self.characters)}]; use the model's own dictionary")
-        return ctc_greedy_decode(probs, self.characters)
+        pieces = self._pieces(batch)
+        if pieces is None:
+            return ctc_greedy_decode(probs, self.characters)
+        paths = ctc_best_paths(probs)
+        if len(paths) != sum(map(len, pieces)):
+            raise DataError(f"the model gave {len(paths)} rows for {sum(map(len, pieces))} line pieces")
+        rows = self._piece_rows(batch, pieces)
+        fed_width = self._pipeline.width_of(np.empty(self._pipeline.batch_shape({r.shape for r in rows}), np.uint8))
+        results, first = [], 0
+        for line in pieces:
+            results.append(join_pieces(paths[first:first + len(line)], line, fed_width, self.characters))
+            first += len(line)
+        return results
 
     def record(self, result: TextResult) -> dict:
         return {"text": result.text, "score": result.score}
