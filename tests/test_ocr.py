@@ -105,6 +105,17 @@ def test_join_pieces_keeps_each_character_once():
     assert result.text == "abcd" and result.score == pytest.approx(np.mean([0.9, 0.8, 0.7, 0.6]))
 
 
+def test_join_pieces_cuts_between_characters_not_through_one():
+    """As measured on a real screenshot line: the two pieces place a character a few px apart on either side of
+    the overlap's middle (here 'b' at column 60 in the left piece, 57 in the right, the middle at 58.5): a cut
+    in the middle would drop it (or keep it twice the other way round). The cut goes in the widest gap between
+    the characters either piece reads in the overlap instead."""
+    chars = ["<blank>", "a", "b", "c"]
+    left = CtcPath(np.array([1, 2]), np.array([3, 7]), np.array([0.9, 0.9]), 12)  # 8 px steps: columns 28, 60
+    right = CtcPath(np.array([1, 2, 3]), np.array([0, 4, 8]), np.array([0.9] * 3), 12)  # 21 + 4, 36, 68
+    assert join_pieces([left, right], [(0, 96), (21, 117)], 96, chars).text == "abc"
+
+
 def test_a_line_wider_than_max_width_is_read_in_pieces(ocr, tmp_path):
     """A 60-word line (about 2,700 px at height 48): squeezed into max_width 1920 PP-OCRv4 reads garbage; the
     shipped rec config (long_lines: split) reads it in overlapping pieces and joins them."""

@@ -5,8 +5,9 @@ the same text as the reference run.
 
 A line wider than the resize op's max_width is either squeezed to it (PP-OCR's way: an 8000 px line becomes
 garbage) or, with ``long_lines: split``, fed as pieces of max_width that overlap by split_overlap px; each
-character is placed by its CTC time step and kept by the piece whose share of the line holds it, so the pieces'
-texts join without string alignment."""
+character is placed by its CTC time step and kept by the piece whose share of the line holds it (each overlap
+is cut in the widest gap between the characters the two pieces read there), so the pieces' texts join without
+string alignment."""
 from __future__ import annotations
 
 import functools
@@ -89,17 +90,27 @@ def line_pieces(width: int, max_width: int, overlap: int) -> list[tuple[int, int
     return [(start, start + max_width) for start in starts]
 
 
+def overlap_cut(left: np.ndarray, right: np.ndarray, low: int, high: int) -> float:
+    """Where to cut the overlap [low, high) of two pieces: both read the characters in it, at columns a few px
+    apart, so cut in the middle of the widest gap between the characters either piece places there, keeping to
+    the overlap's middle half (the pieces read worst near their ends); its middle when no gap lies there."""
+    columns = np.sort(np.concatenate([left, right]))
+    points = np.concatenate([[low], columns[(columns >= low) & (columns < high)], [high]])
+    centres, gaps = (points[1:] + points[:-1]) / 2, np.diff(points)
+    middle = (centres >= low + (high - low) / 4) & (centres <= high - (high - low) / 4)
+    return float(centres[middle][np.argmax(gaps[middle])]) if middle.any() else (low + high) / 2
+
+
 def join_pieces(paths: Sequence[CtcPath], pieces: Sequence[tuple[int, int]], piece_width: int,
                 characters: Sequence[str]) -> TextResult:
     """One line's text from its pieces' paths: each character is placed at its time step's column in the line,
-    and kept by the piece whose share of the line holds it (the overlaps are cut in the middle)."""
-    cuts = [(b_start + a_end) / 2 for (_, a_end), (b_start, _) in zip(pieces, pieces[1:])]
-    bounds = list(zip([-np.inf, *cuts], [*cuts, np.inf]))
+    and kept by the piece whose share of the line holds it (each overlap is cut between characters)."""
+    columns = [start + (path.steps + 0.5) * piece_width / max(1, path.total_steps)
+               for path, (start, _) in zip(paths, pieces)]
+    cuts = [overlap_cut(columns[i], columns[i + 1], pieces[i + 1][0], pieces[i][1]) for i in range(len(pieces) - 1)]
     ids, confs = [], []
-    for path, (start, _), (low, high) in zip(paths, pieces, bounds):
-        step_px = piece_width / max(1, path.total_steps)
-        columns = start + (path.steps + 0.5) * step_px
-        kept = (columns >= low) & (columns < high)
+    for path, column, low, high in zip(paths, columns, [-np.inf, *cuts], [*cuts, np.inf]):
+        kept = (column >= low) & (column < high)
         ids.append(path.ids[kept])
         confs.append(path.confs[kept])
     return CtcPath(np.concatenate(ids), np.zeros(0, np.int64), np.concatenate(confs), 0).result(characters)
