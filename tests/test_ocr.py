@@ -24,7 +24,8 @@ from deploy.int8 import calibration as calibration_mod
 from deploy.int8.shapes import read_shape_ranges
 from deploy.tasks.ocr_det import TextRegion
 from deploy.tasks.ocr_rec import CtcPath, OcrRecTask, TextResult, ctc_greedy_decode, join_pieces, line_pieces
-from deploy.tasks.ocr_system import OcrLines, crop_box, end_to_end, sorted_boxes
+from deploy.tasks.ocr_system import (OcrLines, crop_box, end_to_end, ink_bands, line_image_boxes, merge_rows,
+                                     sorted_boxes)
 from paddle_signatures import recording_predictor
 from test_predictor_contract import assert_every_call_binds, gpu_env
 
@@ -195,6 +196,22 @@ def test_ocr_system_end_to_end(ocr, tmp_path):
     first = data["results"][0]
     assert set(first) == {"path", "boxes", "texts", "scores"} and len(first["boxes"]) == len(first["texts"])
     assert len(list(vis.glob("*_ocr.png"))) == DET_COUNTS["test"]
+
+
+def test_line_images_merge_fragments_per_row_and_count_ink_bands():
+    fragments = np.array([[[10, 5], [60, 5], [60, 25], [10, 25]], [[80, 7], [150, 6], [150, 26], [80, 27]],
+                          [[12, 40], [140, 40], [140, 60], [12, 60]]], np.float32)
+    rows = merge_rows(fragments)
+    assert len(rows) == 2 and rows[0][:, 0].min() <= 10 and rows[0][:, 0].max() >= 150  # one box per row
+    assert rows[1].tolist() == fragments[2].tolist()
+    image = np.full((54, 600, 3), 245, np.uint8)
+    cv2.putText(image, "first line of text", (5, 22), cv2.FONT_HERSHEY_SIMPLEX, 0.7, (20, 20, 20), 2)
+    assert ink_bands(image) == 1
+    cv2.putText(image, "second line of text", (5, 48), cv2.FONT_HERSHEY_SIMPLEX, 0.7, (20, 20, 20), 2)
+    assert ink_bands(image) == 2 and ink_bands(np.full((40, 400, 3), 255, np.uint8)) == 0
+    whole = line_image_boxes(image[:27], fragments[:2])  # one band: the whole strip is one line
+    assert whole.tolist() == [[[0, 0], [600, 0], [600, 27], [0, 27]]]
+    assert len(line_image_boxes(image, fragments)) == 2  # two bands: det's rows, fragments merged
 
 
 def test_ocr_system_rejects_a_stage_of_the_wrong_task(ocr, tmp_path):

@@ -491,6 +491,10 @@ class OcrSystemConfig:
     cls: Optional[StageConfig] = None
     drop_score: float = 0.5  # recognised lines less confident than this are dropped (PaddleOCR's drop_score)
     cls_thresh: float = 0.9  # a crop is turned by 180 degrees when the classifier says so at least this surely
+    # An image at least this many times wider than tall (a strip, a screenshot of a few lines) is read as text
+    # lines: the whole image is one line when det finds nothing or the image has one band of ink, else det's
+    # boxes on one row are merged into one line. 0 reads every image as a document (PaddleOCR's way).
+    line_image_aspect: float = 8.0
     data: DataConfig = field(default_factory=DataConfig)
     source: Optional[Path] = None
 
@@ -498,6 +502,8 @@ class OcrSystemConfig:
         for key in ("drop_score", "cls_thresh"):
             if not 0.0 <= getattr(self, key) <= 1.0:
                 raise ValueError(f"'{key}' must be between 0 and 1, got {getattr(self, key)}")
+        if self.line_image_aspect < 0:
+            raise ValueError(f"'line_image_aspect' must be >= 0 (0: off), got {self.line_image_aspect}")
 
 
 def load_ocr_system_config(path: Path | str, overrides: list[str] | None = None) -> OcrSystemConfig:

@@ -27,7 +27,7 @@ from deploy.errors import ConfigError
 from deploy.tasks.base import Metrics, Task
 from deploy.tasks.classification import ClassificationTask, Prediction
 from deploy.tasks.ocr_det import OcrDetTask, TextBoxes, TextRegion
-from deploy.tasks.ocr_det_post import match_pairs
+from deploy.tasks.ocr_det_post import match_pairs, order_points_clockwise
 from deploy.tasks.ocr_rec import OcrRecTask, TextResult, compact, spaced
 from deploy.tasks.registry import build_task
 
@@ -134,6 +134,55 @@ def crop_box(image: np.ndarray, box: np.ndarray) -> np.ndarray:
     return np.rot90(crop) if height / width >= 1.5 else crop
 
 
+def is_line_image(hw: tuple[int, int], aspect: float) -> bool:
+    """An image at least ``aspect`` times wider than tall (``aspect`` 0: none is)."""
+    return aspect > 0 and hw[1] >= aspect * hw[0]
+
+
+def merge_rows(boxes: np.ndarray) -> np.ndarray:
+    """Boxes on one row (each overlapping the row's vertical extent by at least half its own height) merged into
+    the minimum-area rectangle around them, clockwise from top-left: one box per row, rows top to bottom."""
+    rows: list[list[np.ndarray]] = []
+    for box in sorted(boxes, key=lambda b: b[:, 1].mean()):
+        top, bottom = box[:, 1].min(), box[:, 1].max()
+        if rows:
+            row_top = min(b[:, 1].min() for b in rows[-1])
+            row_bottom = max(b[:, 1].max() for b in rows[-1])
+            if min(bottom, row_bottom) - max(top, row_top) >= 0.5 * (bottom - top):
+                rows[-1].append(box)
+                continue
+        rows.append([box])
+    merged = [row[0] if len(row) == 1 else
+              order_points_clockwise(cv2.boxPoints(cv2.minAreaRect(np.concatenate(row).astype(np.float32))))
+              for row in rows]
+    return np.array(merged, np.float32).reshape(-1, 4, 2)
+
+
+def ink_bands(image: np.ndarray) -> int:
+    """How many horizontal bands of ink an image has: rows where at least 1% of the pixels are ink (the Otsu
+    class that is the minority), in runs at least a fifth as tall as the tallest run."""
+    gray = image if image.ndim == 2 or image.shape[2] == 1 else cv2.cvtColor(image, cv2.COLOR_BGR2GRAY)
+    _, ink = cv2.threshold(gray.reshape(image.shape[:2]), 0, 1, cv2.THRESH_BINARY + cv2.THRESH_OTSU)
+    if ink.mean() > 0.5:
+        ink = 1 - ink
+    rows = np.concatenate([[0], (ink.mean(axis=1) >= 0.01).astype(np.int8), [0]])
+    edges = np.flatnonzero(np.diff(rows))
+    runs = edges[1::2] - edges[::2]
+    return int((runs >= 0.2 * runs.max()).sum()) if len(runs) else 0
+
+
+def line_image_boxes(image: np.ndarray, boxes: np.ndarray) -> np.ndarray:
+    """A line image's lines: the whole image when det found nothing or the image has one band of ink (a strip
+    is one line, however det cut it up); else det's boxes merged per row (a screenshot of a few lines)."""
+    height, width = image.shape[:2]
+    if not len(boxes) or ink_bands(image) == 1:
+        return np.array([[[0, 0], [width, 0], [width, height], [0, height]]], np.float32)
+    merged = merge_rows(boxes)
+    merged[..., 0] = merged[..., 0].clip(0, width)
+    merged[..., 1] = merged[..., 1].clip(0, height)
+    return merged
+
+
 STAGE_TASKS: dict[str, type[Task]] = {"det": OcrDetTask, "cls": ClassificationTask, "rec": OcrRecTask}
 
 
@@ -157,7 +206,10 @@ class OcrSystem:
         """Read one document and return its lines (raises DataError for an unreadable image)."""
         image = read_image(path, "BGR", self.stages["det"].pipeline.decode.background)  # alpha as det says
         found: TextBoxes = self.stages["det"].run([image], path)[0]
-        boxes = sorted_boxes(found.boxes)
+        boxes = found.boxes
+        if is_line_image(image.shape[:2], self.cfg.line_image_aspect):
+            boxes = line_image_boxes(image, boxes)
+        boxes = sorted_boxes(boxes)
         crops = [crop_box(image, box) for box in boxes]
         if "cls" in self.stages and crops:
             directions: list[Prediction] = self.stages["cls"].run(crops, path)
