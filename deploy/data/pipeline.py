@@ -95,16 +95,18 @@ class ResizeKeepRatio:
 @dataclass
 class ResizeLimitSide:
     """Scale so the longest side is at most ``limit_side_len`` (``limit_type: max``: never up; ``min``: the
-    shortest at least, so small images are scaled up), then down again so the longest side is at most
-    ``max_side_limit`` (when set), then round both sides to multiples of ``multiple``: PaddleOCR 3.x's
-    DetResizeForTest (text_det_limit_type / text_det_limit_side_len / max_side_limit) for DB detectors."""
+    shortest at least, so small images are scaled up, by at most ``max_scale`` when set), then down again so the
+    longest side is at most ``max_side_limit`` (when set), then round both sides to multiples of ``multiple``:
+    PaddleOCR 3.x's DetResizeForTest (text_det_limit_type / text_det_limit_side_len / max_side_limit) for DB
+    detectors, plus the upscale cap (not PaddleOCR's: tiny images with large text are read worse blown up)."""
 
     limit_side_len: int = 960
     limit_type: Literal["max", "min"] = "max"
     multiple: int = 32
     interpolation: Interpolation = "linear"
-    # Left out of the preprocess fingerprint while unset, so calibrations made before it existed stay fresh.
+    # Left out of the preprocess fingerprint while unset, so calibrations made before they existed stay fresh.
     max_side_limit: Optional[int] = field(default=None, metadata={"fingerprint": "if_set"})
+    max_scale: Optional[float] = field(default=None, metadata={"fingerprint": "if_set"})
 
     def __post_init__(self) -> None:
         if self.limit_side_len <= 0 or self.multiple <= 0:
@@ -112,6 +114,8 @@ class ResizeLimitSide:
         if self.max_side_limit is not None and self.max_side_limit < self.multiple:
             raise ValueError(f"'max_side_limit' must be at least 'multiple' ({self.multiple}), got "
                              f"{self.max_side_limit}")
+        if self.max_scale is not None and self.max_scale < 1:
+            raise ValueError(f"'max_scale' caps scaling up, so it must be >= 1, got {self.max_scale}")
 
 
 @dataclass
@@ -334,6 +338,8 @@ def limit_side_size(h: int, w: int, op: ResizeLimitSide) -> tuple[int, int]:
     side = max(h, w) if op.limit_type == "max" else min(h, w)
     out_of_limit = side > op.limit_side_len if op.limit_type == "max" else side < op.limit_side_len
     ratio = op.limit_side_len / side if out_of_limit else 1.0
+    if op.max_scale is not None:
+        ratio = min(ratio, op.max_scale)
     out_h, out_w = int(h * ratio), int(w * ratio)
     if op.max_side_limit is not None and max(out_h, out_w) > op.max_side_limit:
         cap = op.max_side_limit / max(out_h, out_w)

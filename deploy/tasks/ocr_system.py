@@ -158,13 +158,16 @@ def merge_rows(boxes: np.ndarray) -> np.ndarray:
     return np.array(merged, np.float32).reshape(-1, 4, 2)
 
 
-def ink_bands(image: np.ndarray) -> int:
-    """How many horizontal bands of ink an image has: rows where at least 1% of the pixels are ink (the Otsu
-    class that is the minority), in runs at least a fifth as tall as the tallest run."""
+def ink_mask(image: np.ndarray) -> np.ndarray:
+    """1 where a pixel is ink: the Otsu class of the grey image that is the minority."""
     gray = image if image.ndim == 2 or image.shape[2] == 1 else cv2.cvtColor(image, cv2.COLOR_BGR2GRAY)
     _, ink = cv2.threshold(gray.reshape(image.shape[:2]), 0, 1, cv2.THRESH_BINARY + cv2.THRESH_OTSU)
-    if ink.mean() > 0.5:
-        ink = 1 - ink
+    return 1 - ink if ink.mean() > 0.5 else ink
+
+
+def ink_bands(ink: np.ndarray) -> int:
+    """How many horizontal bands of ink a mask has: rows where at least 1% of the pixels are ink, in runs at
+    least a fifth as tall as the tallest run."""
     rows = np.concatenate([[0], (ink.mean(axis=1) >= 0.01).astype(np.int8), [0]])
     edges = np.flatnonzero(np.diff(rows))
     runs = edges[1::2] - edges[::2]
@@ -172,11 +175,16 @@ def ink_bands(image: np.ndarray) -> int:
 
 
 def line_image_boxes(image: np.ndarray, boxes: np.ndarray) -> np.ndarray:
-    """A line image's lines: the whole image when det found nothing or the image has one band of ink (a strip
-    is one line, however det cut it up); else det's boxes merged per row (a screenshot of a few lines)."""
+    """A line image's lines: one line when det found nothing or the image has one band of ink (a strip is one
+    line, however det cut it up): the image's full height, from the first to the last column of ink plus half
+    the height either side; else det's boxes merged per row (a screenshot of a few lines)."""
     height, width = image.shape[:2]
-    if not len(boxes) or ink_bands(image) == 1:
-        return np.array([[[0, 0], [width, 0], [width, height], [0, height]]], np.float32)
+    ink = ink_mask(image)
+    if not len(boxes) or ink_bands(ink) == 1:
+        columns = np.flatnonzero(ink.any(axis=0))
+        left, right = (columns[0], columns[-1] + 1) if len(columns) else (0, width)
+        left, right = max(0, left - height // 2), min(width, right + height // 2)
+        return np.array([[[left, 0], [right, 0], [right, height], [left, height]]], np.float32)
     merged = merge_rows(boxes)
     merged[..., 0] = merged[..., 0].clip(0, width)
     merged[..., 1] = merged[..., 1].clip(0, height)
