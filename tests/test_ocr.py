@@ -25,8 +25,8 @@ from deploy.int8 import calibration as calibration_mod
 from deploy.int8.shapes import read_shape_ranges
 from deploy.tasks.ocr_det import TextRegion
 from deploy.tasks.ocr_rec import CtcPath, OcrRecTask, TextResult, ctc_greedy_decode, join_pieces, line_pieces
-from deploy.tasks.ocr_system import (OcrLines, crop_box, end_to_end, ink_bands, ink_mask, line_image_boxes,
-                                     merge_rows, sorted_boxes)
+from deploy.tasks.ocr_system import (OcrLines, crop_box, end_to_end, grow_box, ink_bands, ink_mask,
+                                     line_image_boxes, line_pieces_for_cls, merge_rows, sorted_boxes)
 from paddle_signatures import recording_predictor
 from test_predictor_contract import assert_every_call_binds, gpu_env
 
@@ -199,21 +199,36 @@ def test_ocr_system_end_to_end(ocr, tmp_path):
     assert len(list(vis.glob("*_ocr.png"))) == DET_COUNTS["test"]
 
 
-def test_line_images_merge_fragments_per_row_and_count_ink_bands():
+def test_line_images_merge_fragments_per_row_and_find_ink_bands():
     fragments = np.array([[[10, 5], [60, 5], [60, 25], [10, 25]], [[80, 7], [150, 6], [150, 26], [80, 27]],
-                          [[12, 40], [140, 40], [140, 60], [12, 60]]], np.float32)
-    rows = merge_rows(fragments)
-    assert len(rows) == 2 and rows[0][:, 0].min() <= 10 and rows[0][:, 0].max() >= 150  # one box per row
-    assert rows[1].tolist() == fragments[2].tolist()
+                          [[12, 40], [140, 40], [140, 60], [12, 60]], [[400, 6], [450, 6], [450, 24], [400, 24]]],
+                         np.float32)
+    rows = merge_rows(fragments)  # 20 px apart on a 20 px row: one line; 250 px apart (a time stamp): two
+    assert len(rows) == 3 and rows[0][:, 0].min() <= 10 and 150 <= rows[0][:, 0].max() < 200
+    assert {tuple(b[0]) for b in rows[1:]} == {(12, 40), (400, 6)}
     image = np.full((54, 600, 3), 245, np.uint8)
     cv2.putText(image, "first line of text", (5, 22), cv2.FONT_HERSHEY_SIMPLEX, 0.7, (20, 20, 20), 2)
-    assert ink_bands(ink_mask(image)) == 1
+    (band,) = ink_bands(ink_mask(image))
+    assert 5 <= band[0] < band[1] <= 27
     cv2.putText(image, "second line of text", (5, 48), cv2.FONT_HERSHEY_SIMPLEX, 0.7, (20, 20, 20), 2)
-    assert ink_bands(ink_mask(image)) == 2 and ink_bands(ink_mask(np.full((40, 400, 3), 255, np.uint8))) == 0
-    whole = line_image_boxes(image[:27], fragments[:2])  # one band: the strip is one line, to its ink's ends
-    right = np.flatnonzero(ink_mask(image[:27]).any(axis=0))[-1] + 1 + 27 // 2
-    assert 150 < right < 300 and whole.tolist() == [[[0, 0], [right, 0], [right, 27], [0, 27]]]
-    assert len(line_image_boxes(image, fragments)) == 2  # two bands: det's rows, fragments merged
+    assert len(ink_bands(ink_mask(image))) == 2 and ink_bands(ink_mask(np.full((40, 400, 3), 255, np.uint8))) == []
+    (line,) = line_image_boxes(image[:27], fragments[:2])  # one band: one line, the box around its ink
+    pad = (band[1] - band[0]) // 4
+    columns = np.flatnonzero(ink_mask(image[:27]).any(axis=0))
+    assert line.tolist() == [[columns[0] - pad, band[0] - pad], [columns[-1] + 1 + pad, band[0] - pad],
+                             [columns[-1] + 1 + pad, min(27, band[1] + pad)], [columns[0] - pad, min(27, band[1] + pad)]]
+    assert len(line_image_boxes(image, fragments[:3])) == 2  # two bands: det's rows, fragments merged
+
+
+def test_crops_grow_by_the_margin_and_long_lines_are_classified_in_pieces():
+    box = np.array([[10, 10], [110, 10], [110, 30], [10, 30]], np.float32)
+    assert grow_box(box, 0.1, (100, 200)).tolist() == [[8, 8], [112, 8], [112, 32], [8, 32]]
+    assert grow_box(box, 1.0, (35, 200)).tolist() == [[0, 0], [130, 0], [130, 35], [0, 35]]  # inside the image
+    assert grow_box(box, 0.0, (100, 200)) is box
+    line = np.zeros((20, 1000, 3), np.uint8)
+    pieces = line_pieces_for_cls(line, 4.0)  # the classifier's 48x192 input: pieces 80 px wide
+    assert len(pieces) == 8 and all(p.shape[:2] == (20, 80) for p in pieces)
+    assert len(line_pieces_for_cls(line[:, :160], 4.0)) == 1  # up to twice the input's width: whole
 
 
 def cjk_font(size):

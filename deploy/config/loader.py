@@ -495,6 +495,9 @@ class OcrSystemConfig:
     # lines: the whole image is one line when det finds nothing or the image has one band of ink, else det's
     # boxes on one row are merged into one line. 0 reads every image as a document (PaddleOCR's way).
     line_image_aspect: float = 8.0
+    # Each box is grown by this fraction of its height on every side before it is cropped for rec (the reported
+    # box is det's): rec reads a line better with some background around it than cut at DB's box.
+    crop_margin: float = 0.1
     data: DataConfig = field(default_factory=DataConfig)
     source: Optional[Path] = None
 
@@ -502,6 +505,9 @@ class OcrSystemConfig:
         for key in ("drop_score", "cls_thresh"):
             if not 0.0 <= getattr(self, key) <= 1.0:
                 raise ValueError(f"'{key}' must be between 0 and 1, got {getattr(self, key)}")
+        if not 0.0 <= self.crop_margin <= 1.0:
+            raise ValueError(f"'crop_margin' must be between 0 and 1 (a fraction of the box height), got "
+                             f"{self.crop_margin}")
         if self.line_image_aspect < 0:
             raise ValueError(f"'line_image_aspect' must be >= 0 (0: off), got {self.line_image_aspect}")
 

@@ -10,6 +10,7 @@ counted (precision_spaces, recall_spaces, f1_spaces), over all lines.
 from __future__ import annotations
 
 import logging
+import math
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Optional, Sequence
@@ -18,7 +19,7 @@ import cv2
 import numpy as np
 
 from deploy.config.loader import DeployConfig, OcrSystemConfig, StageConfig, load_config
-from deploy.data.pipeline import ImagePipeline, read_image
+from deploy.data.pipeline import ImagePipeline, ResizeKeepRatio, read_image
 from deploy.data.sources import Batch, ImageItem, group_batches
 from deploy.engines.factory import AnyPredictor, create_predictor
 from deploy.engines.model import ensure_model
@@ -34,6 +35,8 @@ from deploy.tasks.registry import build_task
 log = logging.getLogger(__name__)
 SAME_LINE_PX = 10  # PaddleOCR's sorted_boxes: boxes whose tops differ less than this are on one line
 UPSIDE_DOWN = "180"
+CLS_PIECES = 8  # the most pieces of a long line the direction classifier reads
+MERGE_GAP = 1.2  # line images: ink (or det's boxes) on a row at most this many row heights apart is one line
 
 
 @dataclass
@@ -139,9 +142,11 @@ def is_line_image(hw: tuple[int, int], aspect: float) -> bool:
     return aspect > 0 and hw[1] >= aspect * hw[0]
 
 
-def merge_rows(boxes: np.ndarray) -> np.ndarray:
-    """Boxes on one row (each overlapping the row's vertical extent by at least half its own height) merged into
-    the minimum-area rectangle around them, clockwise from top-left: one box per row, rows top to bottom."""
+def merge_rows(boxes: np.ndarray, max_gap: float = MERGE_GAP) -> np.ndarray:
+    """Fragments of one line merged: boxes on one row (each overlapping the row's vertical extent by at least
+    half its own height) and at most ``max_gap`` times the row's height apart are replaced by the minimum-area
+    rectangle around them, clockwise from top-left. Boxes further apart on a row (a message and its time stamp)
+    stay apart."""
     rows: list[list[np.ndarray]] = []
     for box in sorted(boxes, key=lambda b: b[:, 1].mean()):
         top, bottom = box[:, 1].min(), box[:, 1].max()
@@ -152,9 +157,19 @@ def merge_rows(boxes: np.ndarray) -> np.ndarray:
                 rows[-1].append(box)
                 continue
         rows.append([box])
-    merged = [row[0] if len(row) == 1 else
-              order_points_clockwise(cv2.boxPoints(cv2.minAreaRect(np.concatenate(row).astype(np.float32))))
-              for row in rows]
+    lines: list[list[np.ndarray]] = []
+    for row in rows:
+        height = float(np.median([np.ptp(b[:, 1]) for b in row]))
+        row.sort(key=lambda b: b[:, 0].min())
+        lines.append([row[0]])
+        for box in row[1:]:
+            if box[:, 0].min() - max(b[:, 0].max() for b in lines[-1]) <= max_gap * height:
+                lines[-1].append(box)
+            else:
+                lines.append([box])
+    merged = [line[0] if len(line) == 1 else
+              order_points_clockwise(cv2.boxPoints(cv2.minAreaRect(np.concatenate(line).astype(np.float32))))
+              for line in lines]
     return np.array(merged, np.float32).reshape(-1, 4, 2)
 
 
@@ -165,30 +180,87 @@ def ink_mask(image: np.ndarray) -> np.ndarray:
     return 1 - ink if ink.mean() > 0.5 else ink
 
 
-def ink_bands(ink: np.ndarray) -> int:
-    """How many horizontal bands of ink a mask has: rows where at least 1% of the pixels are ink, in runs at
-    least a fifth as tall as the tallest run."""
-    rows = np.concatenate([[0], (ink.mean(axis=1) >= 0.01).astype(np.int8), [0]])
-    edges = np.flatnonzero(np.diff(rows))
-    runs = edges[1::2] - edges[::2]
-    return int((runs >= 0.2 * runs.max()).sum()) if len(runs) else 0
+def _runs(mask: np.ndarray) -> list[tuple[int, int]]:
+    """[start, end) of each run of True in a 1-d mask."""
+    edges = np.flatnonzero(np.diff(np.concatenate([[0], mask.astype(np.int8), [0]])))
+    return [(int(a), int(b)) for a, b in zip(edges[::2], edges[1::2])]
+
+
+def ink_bands(ink: np.ndarray) -> list[tuple[int, int]]:
+    """The horizontal bands of ink of a mask, [top, bottom) each: runs of rows where at least 1% of the pixels
+    are ink, at least a fifth as tall as the tallest run."""
+    runs = _runs(ink.mean(axis=1) >= 0.01)
+    tallest = max((b - a for a, b in runs), default=0)
+    return [(a, b) for a, b in runs if b - a >= 0.2 * tallest]
+
+
+def ink_lines(ink: np.ndarray, max_gap: float = MERGE_GAP) -> list[tuple[int, int, int, int]]:
+    """The text lines of a line image's ink mask, (left, top, right, bottom) each, tight around their ink: every
+    band of ink, cut where its columns are blank for more than ``max_gap`` times its height (a message and its
+    time stamp are two lines, word spaces are not), less specks narrower than a third of the height."""
+    lines = []
+    for top, bottom in ink_bands(ink):
+        height = bottom - top
+        segments: list[list[int]] = []
+        for left, right in _runs(ink[top:bottom].any(axis=0)):
+            if segments and left - segments[-1][1] <= max_gap * height:
+                segments[-1][1] = right
+            else:
+                segments.append([left, right])
+        for left, right in segments:
+            rows = np.flatnonzero(ink[top:bottom, left:right].any(axis=1))  # a time stamp is shorter than its band
+            if right - left >= height / 3:
+                lines.append((left, top + int(rows[0]), right, top + int(rows[-1]) + 1))
+    return lines
 
 
 def line_image_boxes(image: np.ndarray, boxes: np.ndarray) -> np.ndarray:
-    """A line image's lines: one line when det found nothing or the image has one band of ink (a strip is one
-    line, however det cut it up): the image's full height, from the first to the last column of ink plus half
-    the height either side; else det's boxes merged per row (a screenshot of a few lines)."""
+    """A line image's lines, from its ink: each band of ink rows cut at wide blank gaps, the box padded by a
+    quarter of the band's height (as DB's unclipped boxes are), however det cut the lines up or missed them.
+    When a band is most of the image's height but det found several rows (a textured background Otsu did not
+    separate), det's boxes instead, the fragments of one line merged."""
     height, width = image.shape[:2]
-    ink = ink_mask(image)
-    if not len(boxes) or ink_bands(ink) == 1:
-        columns = np.flatnonzero(ink.any(axis=0))
-        left, right = (columns[0], columns[-1] + 1) if len(columns) else (0, width)
-        left, right = max(0, left - height // 2), min(width, right + height // 2)
-        return np.array([[[left, 0], [right, 0], [right, height], [left, height]]], np.float32)
-    merged = merge_rows(boxes)
-    merged[..., 0] = merged[..., 0].clip(0, width)
-    merged[..., 1] = merged[..., 1].clip(0, height)
-    return merged
+    lines = ink_lines(ink_mask(image))
+    if not lines or (max(bottom - top for _, top, _, bottom in lines) > 0.8 * height and len(merge_rows(boxes)) > 1):
+        merged = merge_rows(boxes)
+        merged[..., 0] = merged[..., 0].clip(0, width)
+        merged[..., 1] = merged[..., 1].clip(0, height)
+        return merged
+    out = []
+    for left, top, right, bottom in lines:
+        pad = (bottom - top) // 4
+        left, right, top, bottom = max(0, left - pad), min(width, right + pad), max(0, top - pad), min(height,
+                                                                                                      bottom + pad)
+        out.append([[left, top], [right, top], [right, bottom], [left, bottom]])
+    return np.array(out, np.float32)
+
+
+def line_pieces_for_cls(crop: np.ndarray, aspect: float) -> list[np.ndarray]:
+    """The crop, or when it is more than twice ``aspect`` times wider than tall, up to CLS_PIECES pieces of
+    ``aspect`` times its height spread evenly over it."""
+    height, width = crop.shape[:2]
+    piece = int(round(aspect * height))
+    if width <= 2 * piece:
+        return [crop]
+    count = min(CLS_PIECES, width // piece)
+    starts = np.linspace(0, width - piece, count).round().astype(int)
+    return [crop[:, start:start + piece] for start in starts]
+
+
+def grow_box(box: np.ndarray, margin: float, hw: tuple[int, int]) -> np.ndarray:
+    """A quadrilateral (clockwise from top-left) moved out by ``margin`` x its height along its own axes on every
+    side, inside the image."""
+    if margin <= 0:
+        return box
+    along, across = box[1] - box[0], box[3] - box[0]
+    grow = margin * np.linalg.norm(across)
+    unit_along = along / max(np.linalg.norm(along), 1e-6) * grow
+    unit_across = across / max(np.linalg.norm(across), 1e-6) * grow
+    grown = box + np.array([-unit_along - unit_across, unit_along - unit_across, unit_along + unit_across,
+                            -unit_along + unit_across], np.float32)
+    grown[:, 0] = grown[:, 0].clip(0, hw[1])
+    grown[:, 1] = grown[:, 1].clip(0, hw[0])
+    return grown.astype(np.float32)
 
 
 STAGE_TASKS: dict[str, type[Task]] = {"det": OcrDetTask, "cls": ClassificationTask, "rec": OcrRecTask}
@@ -218,16 +290,31 @@ class OcrSystem:
         if is_line_image(image.shape[:2], self.cfg.line_image_aspect):
             boxes = line_image_boxes(image, boxes)
         boxes = sorted_boxes(boxes)
-        crops = [crop_box(image, box) for box in boxes]
+        crops = [crop_box(image, grow_box(box, self.cfg.crop_margin, image.shape[:2])) for box in boxes]
         if "cls" in self.stages and crops:
-            directions: list[Prediction] = self.stages["cls"].run(crops, path)
-            crops = [cv2.rotate(crop, cv2.ROTATE_180)
-                     if d.labels[0] == UPSIDE_DOWN and d.scores[0] >= self.cfg.cls_thresh else crop
-                     for crop, d in zip(crops, directions)]
+            crops = self.turn_upside_down_lines(crops, path)
         texts: list[TextResult] = self.stages["rec"].run(crops, path) if crops else []
         keep = [i for i, t in enumerate(texts) if t.score >= self.cfg.drop_score]
         return OcrLines(boxes[keep] if keep else np.zeros((0, 4, 2), np.float32), [texts[i].text for i in keep],
                         [texts[i].score for i in keep])
+
+    def turn_upside_down_lines(self, crops: list[np.ndarray], path: Path) -> list[np.ndarray]:
+        """Crops the direction classifier reads as 180 degrees (its mean score over the crop's pieces at least
+        cls_thresh), turned. A line longer than the classifier's input (48x192: 4 heights) is classified in
+        pieces of that shape, at most CLS_PIECES spread over it: squeezed whole, a long line is a smear the
+        classifier calls upside down with 0.9-0.99 confidence (measured on the hard set's screenshots)."""
+        stage = self.stages["cls"]
+        resize = next((op for op in stage.cfg.preprocess if isinstance(op, ResizeKeepRatio)), None)
+        aspect = resize.max_width / resize.height if resize is not None else math.inf
+        pieces = [line_pieces_for_cls(crop, aspect) for crop in crops]
+        directions: list[Prediction] = stage.run([piece for line in pieces for piece in line], path)
+        upside = stage.task.label_names.index(UPSIDE_DOWN)
+        turned, first = [], 0
+        for crop, line in zip(crops, pieces):
+            score = float(np.mean([d.row[upside] for d in directions[first:first + len(line)]]))
+            turned.append(cv2.rotate(crop, cv2.ROTATE_180) if score >= self.cfg.cls_thresh else crop)
+            first += len(line)
+        return turned
 
     def close(self) -> None:
         for stage in self.stages.values():
