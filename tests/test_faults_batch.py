@@ -241,7 +241,15 @@ def kill_leftovers(known: dict[int, bytes]) -> None:
                 pass
 
 
-def test_killed_terminated_or_interrupted_driver_leaves_no_ray_and_resume_writes_every_image_once(job):
+@pytest.fixture(scope="module")
+def long_job(lenet, tmp_path_factory):
+    """400 digits: three runs are stopped one shard in, and the last must still have work left when its signal
+    arrives (with 120, a loaded machine finished the third run before its SIGINT landed: exit 0)."""
+    return lenet_digit_job(lenet, tmp_path_factory.mktemp("batch_faults_long"), 40)
+
+
+def test_killed_terminated_or_interrupted_driver_leaves_no_ray_and_resume_writes_every_image_once(long_job):
+    job = long_job
     out, stderr = job["root"] / "killed", job["root"] / "killed.stderr"
     proc, known, session = start_until_a_new_shard(job, out, stderr)
     try:
