@@ -221,8 +221,8 @@ def line_image_boxes(image: np.ndarray, boxes: np.ndarray) -> np.ndarray:
     separate), det's boxes instead, the fragments of one line merged."""
     height, width = image.shape[:2]
     lines = ink_lines(ink_mask(image))
-    if not lines or (max(bottom - top for _, top, _, bottom in lines) > 0.8 * height and len(merge_rows(boxes)) > 1):
-        merged = merge_rows(boxes)
+    merged = merge_rows(boxes)
+    if not lines or (max(bottom - top for _, top, _, bottom in lines) > 0.8 * height and len(merged) > 1):
         merged[..., 0] = merged[..., 0].clip(0, width)
         merged[..., 1] = merged[..., 1].clip(0, height)
         return merged
