@@ -492,8 +492,9 @@ class OcrSystemConfig:
     drop_score: float = 0.5  # recognised lines less confident than this are dropped (PaddleOCR's drop_score)
     cls_thresh: float = 0.9  # a crop is turned by 180 degrees when the classifier says so at least this surely
     # An image at least this many times wider than tall (a strip, a screenshot of a few lines) is read as text
-    # lines: the whole image is one line when det finds nothing or the image has one band of ink, else det's
-    # boxes on one row are merged into one line. 0 reads every image as a document (PaddleOCR's way).
+    # lines found from its ink (bands of ink rows, cut at wide blank gaps), not as det's fragments; det's boxes
+    # (fragments of a line merged) only when the ink cannot be told from the background. 0 reads every image as
+    # a document (PaddleOCR's way).
     line_image_aspect: float = 8.0
     # Each box is grown by this fraction of its height on every side before it is cropped for rec (the reported
     # box is det's): rec reads a line better with some background around it than cut at DB's box.

@@ -57,10 +57,10 @@ class CtcPath:
     confs: np.ndarray
     total_steps: int  # T, the row's time steps: step t covers columns [t, t + 1) * input width / T
 
-    def result(self, characters: Sequence[str], keep: Optional[np.ndarray] = None) -> TextResult:
-        """The text and its score (the mean probability of the kept characters), of all or of ``keep``."""
-        ids, confs = (self.ids, self.confs) if keep is None else (self.ids[keep], self.confs[keep])
-        return TextResult("".join(characters[i] for i in ids), float(confs.mean()) if len(ids) else 0.0)
+
+def text_result(ids: np.ndarray, confs: np.ndarray, characters: Sequence[str]) -> TextResult:
+    """The characters' text and its score: the mean of their probabilities (0 for no character)."""
+    return TextResult("".join(characters[i] for i in ids), float(confs.mean()) if len(ids) else 0.0)
 
 
 def ctc_best_paths(probs: np.ndarray) -> list[CtcPath]:
@@ -77,7 +77,7 @@ def ctc_best_paths(probs: np.ndarray) -> list[CtcPath]:
 
 def ctc_greedy_decode(probs: np.ndarray, characters: Sequence[str]) -> list[TextResult]:
     """Best path per row of [N, T, classes]: merge repeats, drop blanks; the score averages the kept steps."""
-    return [path.result(characters) for path in ctc_best_paths(probs)]
+    return [text_result(path.ids, path.confs, characters) for path in ctc_best_paths(probs)]
 
 
 def line_pieces(width: int, max_width: int, overlap: int) -> list[tuple[int, int]]:
@@ -113,7 +113,7 @@ def join_pieces(paths: Sequence[CtcPath], pieces: Sequence[tuple[int, int]], pie
         kept = (column >= low) & (column < high)
         ids.append(path.ids[kept])
         confs.append(path.confs[kept])
-    return CtcPath(np.concatenate(ids), np.zeros(0, np.int64), np.concatenate(confs), 0).result(characters)
+    return text_result(np.concatenate(ids), np.concatenate(confs), characters)
 
 
 def compact(text: str) -> str:

@@ -215,8 +215,8 @@ def ink_lines(ink: np.ndarray, max_gap: float = MERGE_GAP) -> list[tuple[int, in
 
 
 def line_image_boxes(image: np.ndarray, boxes: np.ndarray) -> np.ndarray:
-    """A line image's lines, from its ink: each band of ink rows cut at wide blank gaps, the box padded by a
-    quarter of the band's height (as DB's unclipped boxes are), however det cut the lines up or missed them.
+    """A line image's lines, from its ink: each band of ink rows cut at wide blank gaps, each line's box padded
+    by a quarter of its height (as DB's unclipped boxes are), however det cut the lines up or missed them.
     When a band is most of the image's height but det found several rows (a textured background Otsu did not
     separate), det's boxes instead, the fragments of one line merged."""
     height, width = image.shape[:2]
