@@ -11,10 +11,10 @@ import subprocess
 import sys
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import BinaryIO, Iterator, Literal, Optional
+from typing import BinaryIO, Iterable, Iterator, Literal, Optional
 
 from deploy.config.loader import ModelConfig
-from deploy.errors import ModelError
+from deploy.errors import ConfigError, ModelError
 
 log = logging.getLogger(__name__)
 
@@ -187,6 +187,8 @@ def _params_loaded(block) -> list[tuple[str, Optional[int]]]:
 
 _WEIGHT_INPUTS = {"conv2d": "Filter", "depthwise_conv2d": "Filter", "conv2d_transpose": "Filter", "mul": "Y",
                   "matmul": "Y", "matmul_v2": "Y"}
+# The op types that are layers of an INT8 model (conv / matmul): what calibration.skip_tensors keeps FP32.
+LAYER_OPS = frozenset(_WEIGHT_INPUTS)
 
 
 def _weights(block) -> dict[str, tuple[str, list[int]]]:
@@ -199,6 +201,40 @@ def _weights(block) -> dict[str, tuple[str, list[int]]]:
             if name in persistable:
                 weights[name] = (op.type, list(persistable[name].type.dense_tensor.tensor.dims))
     return weights
+
+
+@dataclass(frozen=True)
+class OpUse:
+    """An op of a classic program that reads a tensor: its type, the input slot it reads the tensor through, and
+    its output names by slot."""
+
+    type: str
+    slot: str
+    outputs: dict[str, tuple[str, ...]]
+
+    @property
+    def output_names(self) -> list[str]:
+        return [name for names in self.outputs.values() for name in names]
+
+
+def tensor_readers(files: ModelFiles, names: Iterable[str], *, key: Optional[str] = None) -> dict[str, list[OpUse]]:
+    """For each tensor name, the ops of the program's global block that take it as an input, in program order.
+    With ``key`` (the config key the names come from), a name no op reads is a one-line ConfigError naming
+    tools/inspect_model.py; without it, such a name maps to []."""
+    readers: dict[str, list[OpUse]] = {name: [] for name in names}
+    for op in _read_program_desc(files.program).blocks[0].ops:
+        outputs = {out.parameter: tuple(out.arguments) for out in op.outputs if out.arguments}
+        seen: set[str] = set()  # an op reading a tensor through two slots is one use
+        for inp in op.inputs:
+            for name in inp.arguments:
+                if name in readers and name not in seen:
+                    seen.add(name)
+                    readers[name].append(OpUse(op.type, inp.parameter, outputs))
+    unknown = [name for name, uses in readers.items() if not uses]
+    if key is not None and unknown:
+        raise ConfigError(f"{key}: '{unknown[0]}' is not an input of any op of {files.program}; list its layers' "
+                          f"weights: python tools/inspect_model.py --model {files.dir} --weights")
+    return readers
 
 
 # Bytes per element of the tensor data types (framework.proto VarType.Type) a params file stores.

@@ -13,9 +13,9 @@ from typing import Any, Callable, Iterator, Optional
 import numpy as np
 
 from deploy import cache
-from deploy.engines.model import inspect_model, params_mismatch
+from deploy.engines.model import LAYER_OPS, inspect_model, params_mismatch, tensor_readers
 from deploy.engines.plan import PredictorPlan, check_feeds, engine_cache_dir, shape_file
-from deploy.errors import ModelError
+from deploy.errors import ConfigError, ModelError
 
 log = logging.getLogger(__name__)
 
@@ -25,6 +25,40 @@ def _precision_enum(precision: str) -> Any:
 
     return {"fp32": PrecisionType.Float32, "fp16": PrecisionType.Half, "int8": PrecisionType.Int8,
             "bf16": PrecisionType.Bfloat16}[precision]
+
+
+# Paddle's TensorRT pass list runs conv_bn_fuse_pass and conv_elementwise_add_fuse_pass before
+# tensorrt_subgraph_pass: a conv2d whose output feeds only its batch_norm or bias add (as X) becomes one
+# fused_conv2d_add_act writing that op's output (this slot), and the conv2d's own output is gone.
+_CONV2D_FUSED_INTO = {"batch_norm": "Y", "elementwise_add": "Out"}
+
+
+def trt_fp32_layer_names(plan: PredictorPlan) -> list[str]:
+    """The names ``exp_disable_tensorrt_ops`` takes to keep the layers ``calibration.skip_tensors`` lists out of
+    TensorRT, so that Paddle runs them in FP32.
+
+    Paddle-TRT leaves an op out of TensorRT when its type or one of its output var names is in that list (the
+    teller of TensorRtSubgraphPass::ApplyImpl, tensorrt_subgraph_pass.cc), so each conv / matmul reading a listed
+    tensor is named by its own outputs, not by its type (which would take every op of that type out). The teller
+    sees the graph after the fusion passes, so a conv2d is also named by the output of the batch_norm or bias add
+    fused into it (if that add's Y is not constant, Paddle does not fuse them and the add stays out of TensorRT
+    beside its conv).
+    """
+    key = "calibration.skip_tensors"
+    layers = []
+    for name, uses in tensor_readers(plan.model, plan.fp32_tensors, key=key).items():
+        found = [use for use in uses if use.type in LAYER_OPS]
+        if not found:
+            raise ConfigError(f"{key}: '{name}' is read by no conv / matmul op of {plan.model.program} (only by "
+                              f"{', '.join(sorted({use.type for use in uses}))}); list its layers' weights: "
+                              f"python tools/inspect_model.py --model {plan.model.dir} --weights")
+        layers += found
+    conv_outputs = [out for layer in layers if layer.type == "conv2d" for out in layer.outputs.get("Output", ())]
+    fused = {out: uses[0].outputs.get(_CONV2D_FUSED_INTO[uses[0].type], ())
+             for out, uses in tensor_readers(plan.model, conv_outputs).items()
+             if len(uses) == 1 and uses[0].slot == "X" and uses[0].type in _CONV2D_FUSED_INTO}
+    names = [name for layer in layers for out in layer.output_names for name in (out, *fused.get(out, ()))]
+    return list(dict.fromkeys(names))
 
 
 def _configure_trt(config: Any, plan: PredictorPlan) -> None:
@@ -38,8 +72,14 @@ def _configure_trt(config: Any, plan: PredictorPlan) -> None:
         use_calib_mode=plan.use_calib_mode,
         use_cuda_graph=False,
     )
-    if trt.disabled_ops:
-        config.exp_disable_tensorrt_ops(list(trt.disabled_ops))
+    disabled = list(trt.disabled_ops)
+    if plan.fp32_tensors:
+        layers = trt_fp32_layer_names(plan)
+        log.info("TensorRT INT8: the layers reading %s (calibration.skip_tensors) stay FP32, out of TensorRT by "
+                 "their outputs %s", list(plan.fp32_tensors), layers)
+        disabled += [name for name in layers if name not in disabled]
+    if disabled:
+        config.exp_disable_tensorrt_ops(disabled)
     shapes = trt.dynamic_shape
     if shapes.mode == "manual":
         config.set_trt_dynamic_shape_info(

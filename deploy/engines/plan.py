@@ -33,6 +33,8 @@ class PredictorPlan:
     int8_mode: Optional[Int8Mode] = None
     collect_shapes: Optional[Path] = None  # run natively and record TRT shape ranges into this file
     fixed_image_shape: bool = False  # model.input_shape is set: every image is preprocessed to one [C, H, W]
+    # Paddle-TRT calibrating or reading a table: calibration.skip_tensors, whose layers stay out of TensorRT (FP32)
+    fp32_tensors: tuple[str, ...] = ()
 
     @property
     def use_calib_mode(self) -> bool:
@@ -73,7 +75,10 @@ def resolve_plan(cfg: DeployConfig, *, env: Optional[Environment] = None, quiet:
     if info.quantized:
         return replace(plan, int8_mode="quantized")
     int8_files, mode = int8_artifacts(cfg, plan, calibrating=calibrating)
-    return replace(plan, model=int8_files, int8_mode=mode)
+    # The calibration run and INT8 inference from its table keep the same layers out of TensorRT, so both build
+    # the same subgraphs (Paddle-TRT finds a table by its subgraph's tensor names).
+    fp32 = tuple(cfg.calibration.skip_tensors) if mode in ("calibrate", "table") else ()
+    return replace(plan, model=int8_files, int8_mode=mode, fp32_tensors=fp32)
 
 
 def _qat_command(cfg: DeployConfig) -> Optional[str]:
