@@ -26,7 +26,7 @@ BUDGET = 0.5
 
 # The documented report.json keys (README, "report.json keys"): this test is their contract.
 TOP_KEYS = {"format", "created", "environment", "task", "reference", "runs", "accuracy", "calibration_sweep",
-            "benchmark", "budget", "files"}
+            "benchmark", "budget", "int8_provenance", "files"}
 ENV_KEYS = {"python", "paddle", "paddleslim", "tensorrt", "onednn", "cpu", "cpu_count", "gpus"}
 RUN_KEYS = {"label", "config", "precision", "device", "backend", "int8_mode", "model", "plan"}
 ACCURACY_KEYS = {"task", "columns", "source", "images", "labelled", "skipped", "batch_size", "reference", "results"}

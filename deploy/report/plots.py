@@ -10,6 +10,7 @@ from typing import Optional, Sequence
 import numpy as np
 from matplotlib.backends.backend_agg import FigureCanvasAgg
 from matplotlib.figure import Figure
+from matplotlib.patches import Patch
 
 DPI = 110
 _PALETTE = ["#1f77b4", "#d62728", "#2ca02c", "#ff7f0e", "#9467bd", "#8c564b", "#e377c2", "#7f7f7f", "#bcbd22",
@@ -188,3 +189,82 @@ def _annotated_line(ax, xs: Sequence[float], ys: Sequence[float], style: str, co
         ax.annotate(fmt.format(y), (x, y), xytext=(0, 7), textcoords="offset points", ha="center", fontsize=7,
                     color=color)
     collect.extend(ys)
+
+
+SENSITIVITY_LAYERS = 30  # most sensitive layers drawn per run
+_KEPT, _INT8 = _PALETTE[1], _PALETTE[0]
+_SENSITIVITY_AXIS = {"alone_int8": "metric loss with this layer alone INT8 (pt)",
+                     "alone_fp32": "metric loss with this layer alone FP32 (pt)"}
+
+
+def sensitivity_plot(runs: dict[str, dict]) -> bytes:
+    """Per INT8 run whose budget search ranked layers (``{label: int8_provenance entry}``): the metric loss per
+    layer (most sensitive on top, layers kept FP32 in red), the output error the search broke ties with, and the
+    drop with each op type in FP32 (when it tried that)."""
+    rows = []
+    for label, entry in runs.items():
+        budget = entry["budget"]
+        ranked = sorted(budget["sensitivity"], key=lambda s: (-s["loss_points"], -s.get("output_error", 0.0)))
+        rows.append((label, budget, ranked[:SENSITIVITY_LAYERS], len(ranked)))
+    height = sum(max(2.2, 0.26 * len(shown) + 1.2) for _, _, shown, _ in rows)
+    fig = Figure(figsize=(13.0, height), layout="constrained")
+    axes = fig.subplots(len(rows), 3, squeeze=False, gridspec_kw={"width_ratios": [2.2, 1.3, 1.5]},
+                        height_ratios=[max(2.2, 0.26 * len(shown) + 1.2) for _, _, shown, _ in rows])
+    for (label, budget, shown, total), (loss_ax, error_ax, type_ax) in zip(rows, axes):
+        kept = set(budget.get("kept_fp32") or [])
+        names = [s["layer"] for s in shown]
+        colors = [_KEPT if n in kept else _INT8 for n in names]
+        y = np.arange(len(shown))
+        losses = [s["loss_points"] for s in shown]
+        bars = loss_ax.barh(y, losses, color=colors)
+        for bar, value in zip(bars, losses):
+            loss_ax.annotate(f"{value:.2f}", (bar.get_width(), bar.get_y() + bar.get_height() / 2), xytext=(3, 0),
+                             textcoords="offset points", va="center", fontsize=7)
+        loss_ax.set_yticks(y, [f"{s['layer']} ({s['op_type']})" for s in shown], fontsize=7)
+        loss_ax.invert_yaxis()
+        loss_ax.axvline(budget["max_drop"], color=_PALETTE[7], linestyle=":", label=f"budget {budget['max_drop']:g} pt")
+        high = max([budget["max_drop"], *losses, 0.0])
+        loss_ax.set_xlim(min(0.0, *losses) * 1.15, high * 1.2 + 0.5)
+        mode = shown[0].get("mode", "alone_int8") if shown else "alone_int8"
+        images = shown[0].get("images") if shown else None
+        loss_ax.set_xlabel(_SENSITIVITY_AXIS.get(mode, f"metric loss ({mode}) (pt)")
+                           + (f", {images} images" if images else ""), fontsize=8)
+        cut = f", top {len(shown)} of {total}" if total > len(shown) else ""
+        hidden = len(kept - set(names))
+        cut += f" ({hidden} kept FP32 below)" if hidden and total > len(shown) else ""
+        loss_ax.set_title(f"{label}: per-layer sensitivity{cut}", fontsize=10)
+        loss_ax.legend(handles=[Patch(color=_KEPT, label="kept FP32"), Patch(color=_INT8, label="INT8"),
+                                *loss_ax.get_legend_handles_labels()[0]], fontsize=7, loc="lower right")
+        errors = [s.get("output_error") for s in shown]
+        if all(e is not None for e in errors):
+            error_ax.barh(y, errors, color=colors)
+            error_ax.set_yticks(y, [])
+            error_ax.invert_yaxis()
+            error_ax.set_xlabel("relative L2 error of the outputs vs FP32", fontsize=8)
+            error_ax.set_title("output error (tie-break)", fontsize=10)
+        else:
+            error_ax.axis("off")
+        types = budget.get("op_types") or []
+        if types:
+            ty = np.arange(len(types))
+            drops = [t["drop_points"] for t in types]
+            tbars = type_ax.barh(ty, drops, color=_PALETTE[4])
+            for bar, value in zip(tbars, drops):
+                type_ax.annotate(f"{value:.2f}", (bar.get_width(), bar.get_y() + bar.get_height() / 2),
+                                 xytext=(3, 0), textcoords="offset points", va="center", fontsize=7)
+            type_ax.set_yticks(ty, [f"{t['op_type']} x{t['layers']}" for t in types], fontsize=8)
+            type_ax.invert_yaxis()
+            type_ax.axvline(budget["drop_before"], color=_PALETTE[1], linestyle="--",
+                            label=f"all INT8 {budget['drop_before']:.2f} pt")
+            type_ax.axvline(budget["max_drop"], color=_PALETTE[7], linestyle=":", label="budget")
+            type_ax.set_xlim(min(0.0, *drops) * 1.15, max([budget["drop_before"], budget["max_drop"], *drops]) * 1.25
+                             + 0.5)
+            type_ax.set_xlabel("drop with this op type in FP32 (pt)", fontsize=8)
+            type_ax.set_title("op types in FP32", fontsize=10)
+            type_ax.legend(fontsize=7, loc="lower right")
+        else:
+            type_ax.axis("off")
+        for ax in (loss_ax, error_ax, type_ax):
+            ax.grid(axis="x", alpha=0.3)
+    fig.suptitle("INT8 accuracy budget: what each layer costs (from calibration.json)", fontsize=11)
+    return _png(fig)

@@ -14,7 +14,7 @@ from typing import Any, Optional, Sequence
 from deploy.cache import atomic_write_bytes, atomic_write_json, atomic_write_text, check_output_dir
 from deploy.env import probe
 from deploy.errors import DataError
-from deploy.report import plots
+from deploy.report import int8_provenance as provenance, plots
 from deploy.report.benchmark import BenchOptions, benchmark as run_benchmark
 from deploy.report.budget import budget_lines, within_budget
 from deploy.report.calib_sweep import calibration_sweep, check_sweepable
@@ -26,7 +26,8 @@ log = logging.getLogger(__name__)
 REPORT_FORMAT = 1
 JSON_NAME, MARKDOWN_NAME = "report.json", "report.md"
 PLOT_NAMES = {"accuracy": "accuracy.png", "calibration_sweep": "calib_sweep.png",
-              "throughput": "throughput.png", "latency_cdf": "latency_cdf.png"}
+              "throughput": "throughput.png", "latency_cdf": "latency_cdf.png",
+              "int8_sensitivity": "int8_sensitivity.png"}
 
 
 @dataclass
@@ -101,6 +102,7 @@ def report_data(runs: Sequence[Run], accuracy: Any = None, speed: Any = None, sw
         "calibration_sweep": sweep,
         "benchmark": speed.to_json() if speed is not None else None,
         "budget": None,
+        "int8_provenance": provenance.int8_provenance(runs),
         "files": {},
     }
 
@@ -116,6 +118,9 @@ def render_plots(data: dict) -> dict[str, bytes]:
     if data["benchmark"]:
         out["throughput"] = plots.throughput_plot(data["benchmark"], colors)
         out["latency_cdf"] = plots.latency_cdf_plot(data["benchmark"], colors)
+    ranked = provenance.sensitivity_runs(data.get("int8_provenance"))
+    if ranked:
+        out["int8_sensitivity"] = plots.sensitivity_plot(ranked)
     return out
 
 
@@ -211,6 +216,8 @@ def console_text(data: dict) -> str:
         parts.append(format_table(SPEED_HEADERS, speed_rows(data)))
     if data.get("budget"):
         parts += ["", *budget_lines(data["budget"])]
+    if data.get("int8_provenance"):
+        parts += ["", *provenance.console_lines(data["int8_provenance"])]
     return "\n".join(parts)
 
 
@@ -274,10 +281,12 @@ def _speed_section(data: dict) -> list[str]:
 
 
 def markdown_text(data: dict) -> str:
-    """report.md: runs, accuracy (and sweep), speed, with the plots."""
+    """report.md: runs, accuracy (and sweep), the INT8 runs' calibration, speed, with the plots."""
     lines = ["# Precision report", ""] + _runs_section(data)
     if data["accuracy"]:
         lines += _accuracy_section(data)
+    lines += provenance.markdown_lines(data.get("int8_provenance"),
+                                       data["files"].get("plots", {}).get("int8_sensitivity"))
     if data["benchmark"]:
         lines += _speed_section(data)
     return "\n".join(lines).rstrip() + "\n"
