@@ -487,7 +487,10 @@ def check_fresh(entry: dict, files: ModelFiles, cfg: DeployConfig, target: str) 
                     "used until you %s", cfg.source, when, rerun_hint(cfg))
 
 
-# The calibration keys an OpenVINO (NNCF) calibration depends on; the Paddle targets depend on all but nncf.
+# The calibration keys an OpenVINO (NNCF) calibration depends on; the Paddle targets depend on all but nncf and
+# the check and budget keys: those say how an artifact was searched for, and its manifest entry records what the
+# search settled on (so calibrating with --max-drop, then running without it, uses the artifact).
+CHECK_SETTINGS = ("max_drop", "check_images", "check_num", "max_trials", "accept_best")
 _OPENVINO_SETTINGS = ("images", "num_images", "seed", "allow_fewer", "nncf")
 
 
@@ -496,7 +499,7 @@ def calibration_settings_fingerprint(cfg: DeployConfig, target: str) -> str:
     default value are left out, so a toolkit update that adds a key does not flag earlier calibrations."""
     settings = dataclasses.asdict(cfg.calibration)
     defaults = dataclasses.asdict(type(cfg.calibration)())
-    keys = _OPENVINO_SETTINGS if target == "openvino" else [k for k in settings if k != "nncf"]
+    keys = _OPENVINO_SETTINGS if target == "openvino" else [k for k in settings if k not in ("nncf", *CHECK_SETTINGS)]
     changed = {k: str(settings[k]) for k in keys if settings[k] != defaults[k]}
     return sha256_text(json.dumps(changed, sort_keys=True))
 

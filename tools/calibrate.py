@@ -24,6 +24,18 @@ def main(argv=None):
     parser.add_argument("--allow-fewer", action="store_true", default=None,
                         help="proceed with a warning when fewer readable images than asked are found")
     parser.add_argument("--output-dir", type=Path, help="CPU quantized model dir (default: calibration.output_dir)")
+    check = parser.add_argument_group("the INT8 check and the accuracy budget")
+    check.add_argument("--max-drop", type=float, metavar="POINTS",
+                       help="keep the fewest layers FP32 so that INT8 loses at most POINTS of the task's metric "
+                            "(of agreement with FP32 on unlabelled check images); calibration.max_drop")
+    check.add_argument("--check-images", metavar="SRC", help="images to score INT8 on (folder, glob or list file; "
+                       "labelled or not); default: calibration images not sampled; calibration.check_images")
+    check.add_argument("--check-num", type=int, metavar="N", help="how many check images (0: no check); "
+                       "calibration.check_num")
+    check.add_argument("--max-trials", type=int, metavar="N", help="most scored trials the search may run; "
+                       "calibration.max_trials")
+    check.add_argument("--accept-best", action="store_true", default=None,
+                       help="install the best model found even when it is over --max-drop")
     parser.add_argument("--collect-shapes", action="store_true",
                         help="collect TensorRT shape ranges for dynamic_shape.mode=tuned instead of calibrating")
     args = parser.parse_args(argv)
@@ -36,11 +48,16 @@ def main(argv=None):
         return
     from deploy.int8.calibration import calibrate
 
-    cfg = load_config_from_args(args, [f"calibration.algo={args.algo}"] if args.algo else [])
+    flags = {"algo": args.algo, "max_drop": args.max_drop, "check_images": args.check_images,
+             "check_num": args.check_num, "max_trials": args.max_trials, "accept_best": args.accept_best}
+    cfg = load_config_from_args(args, [f"calibration.{key}={value}" for key, value in flags.items()
+                                       if value is not None])
     result = calibrate(cfg, images=args.images, num_images=args.num_images, allow_fewer=args.allow_fewer,
                        output_dir=args.output_dir, quiet=args.quiet)
     print(f"calibrated {result.target} INT8 from {result.images} images in {result.seconds:.1f} s: "
           f"{', '.join(str(p) for p in result.artifacts)}; manifest {result.manifest}")
+    for line in result.lines:
+        print(line)
 
 
 if __name__ == "__main__":

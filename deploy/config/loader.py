@@ -238,13 +238,30 @@ class CalibrationConfig:
     keep_image_conv_fp32: bool = False  # CPU: leave convs reading < 4 channels (the image) in FP32
     observe_all_ops: bool = True  # CPU: export scales after every op (Paddle's default); false = conv/matmul inputs only
     # CPU: the op types PTQ quantizes, and weight tensors whose ops stay FP32 (a skip list for sensitive layers)
-    quantize_op_types: list[str] = field(default_factory=lambda: list(QUANTIZABLE_OPS))
+    quantize_op_types: Optional[list[str]] = field(default_factory=lambda: list(QUANTIZABLE_OPS))  # null: these
     skip_tensors: list[str] = field(default_factory=list)
     nncf: NncfConfig = field(default_factory=NncfConfig)
+    # The INT8 check and the accuracy budget (tools/calibrate.py --max-drop): after calibrating, INT8 is scored
+    # against FP32 on check_num check images (default: calibration images that were not sampled); with max_drop
+    # (points of the task's metric, or of agreement with FP32 when the check images have no labels), layers go
+    # back to FP32 until the drop fits, within max_trials scored trials.
+    max_drop: Optional[float] = None
+    check_images: Optional[Path] = None
+    check_num: int = 200  # 0: no check
+    max_trials: int = 120
+    accept_best: bool = False  # install the best model found even when it is over max_drop
 
     def __post_init__(self) -> None:
         if self.num_images < 1:
             raise ValueError(f"'calibration.num_images' must be >= 1, got {self.num_images}")
+        if self.max_drop is not None and not 0 <= self.max_drop < 100:
+            raise ValueError(f"'calibration.max_drop' is {self.max_drop}: give the largest loss INT8 may have, in "
+                             "points of the task's metric (0-100), e.g. 1.0")
+        if self.check_num < 0 or self.max_trials < 1:
+            raise ValueError(f"'calibration.check_num' must be >= 0 (0: no check) and 'calibration.max_trials' >= 1,"
+                             f" got {self.check_num} and {self.max_trials}")
+        if self.quantize_op_types is None:
+            self.quantize_op_types = list(QUANTIZABLE_OPS)
         unknown = [op for op in self.quantize_op_types if op not in PTQ_OP_TYPES]
         if unknown:
             raise ValueError(_unknown_op_type(unknown[0]))

@@ -26,11 +26,14 @@ from deploy.data.sources import Batch, ImageItem, group_batches, list_images, lo
 from deploy.env import default_device, probe, support_reason
 from deploy.config.schema import closest_key
 from deploy.errors import CalibrationError, ConfigError, DataError, UnsupportedError
-from deploy.engines.model import ModelFiles, ensure_model, inspect_model, quant_scales
+from deploy.engines.model import LAYER_OPS, ModelFiles, ensure_model, inspect_model, quant_scales, tensor_readers
 from deploy.engines.openvino import read_program, write_ir
 from deploy.engines.paddle import Predictor, native_stderr_to_log
-from deploy.engines.plan import resolve_plan, shape_file, trt_table_dir
+from deploy.engines.plan import PredictorPlan, resolve_plan, shape_file, trt_table_dir
 from deploy.data.pipeline import ImagePipeline, ops_fingerprint
+from deploy.int8.check import (WARN_POINTS, Scorer, candidate_plan, check_line, fp32_plan, load_check_set,
+                                reference_scorer)
+from deploy.int8.search import Trial, search_layers
 from deploy.tasks.base import Task
 from deploy.tasks.registry import build_task
 
@@ -65,13 +68,34 @@ class CalibrationSet:
 
 @dataclass
 class CalibrationResult:
-    """What a calibration produced."""
+    """What a calibration produced, and what its check and accuracy budget found."""
 
     target: str  # "cpu", "trt" or "openvino"
     artifacts: list[Path]
     manifest: Path
     images: int
     seconds: float
+    lines: list[str] = dataclasses.field(default_factory=list)  # the check's and the search's report lines
+
+
+@dataclass
+class Produced:
+    """A calibration's artifacts in their staging dir: the model to run, the files and the manifest entry."""
+
+    model: ModelFiles
+    artifacts: list[Path]
+    entry: dict
+
+
+@dataclass
+class Checked:
+    """What the check (and the search, with a budget) found: report lines, the manifest record, and whether
+    the result may be installed."""
+
+    lines: list[str]
+    record: dict
+    installable: bool = True
+    refusal: str = ""
 
 
 def sample_images(cfg: DeployConfig, source: Optional[str] = None) -> list[ImageItem]:
@@ -161,24 +185,95 @@ def _target(cfg: DeployConfig) -> tuple[str, str]:
 
 
 def calibrate(cfg: DeployConfig, *, images: Optional[str] = None, num_images: Optional[int] = None,
-              allow_fewer: Optional[bool] = None, output_dir: Optional[Path] = None,
-              quiet: bool = False) -> CalibrationResult:
-    """Calibrate the config's model for INT8 on its device: a TRT table on GPU, a quantized model on CPU."""
+              allow_fewer: Optional[bool] = None, output_dir: Optional[Path] = None, quiet: bool = False,
+              check: bool = True) -> CalibrationResult:
+    """Calibrate the config's model for INT8 on its device: a TRT table on GPU, a quantized model on CPU. Then
+    (``check``, and calibration.check_num > 0) score INT8 against FP32 on check images, and with
+    calibration.max_drop keep layers FP32 until the drop fits; an over-budget result is not installed."""
     if num_images is not None and num_images < 1:
         raise ConfigError(f"--num-images {num_images}: expected a positive number of calibration images, e.g. 500")
     cfg = replace(cfg, runtime=replace(cfg.runtime, precision="int8"))
     device, backend = _target(cfg)
+    if backend == "trt" and cfg.calibration.max_drop is not None:
+        raise ConfigError("--max-drop searches on the CPU engines (runtime.backend paddle or openvino); calibrate "
+                          "there with --max-drop, then put the calibration.skip_tensors it prints in this config: "
+                          "Paddle-TRT keeps those layers out of TensorRT")
     files = ensure_model(cfg.model, quiet=quiet)
     _check_calibratable(cfg, files)
-    destination, run = _TARGETS[backend]
+    destination, produce = _TARGETS[backend]
     # Everything that can fail is checked before the long work: where the artifacts go, the manifest.
     final = destination(cfg, files, output_dir, images)
     cache.prepare_install(files, final)
     calib = load_calibration_set(cfg, source=images, num_images=num_images, allow_fewer=allow_fewer, quiet=quiet)
     start = time.perf_counter()
-    result = run(cfg, files, calib, final, quiet)
-    result.seconds = time.perf_counter() - start
-    return result
+    if backend == "trt":  # Paddle-TRT reads its table from beside the model: checked once installed
+        result = _calibrate_trt(cfg, files, calib, final, quiet)
+        result.seconds = time.perf_counter() - start
+        if check:
+            result.lines = _check(cfg, files, calib, None, final, quiet).lines
+        return result
+    target, kind = _KINDS[backend]
+    manifest = cache.manifest_path(files)
+    with cache.staged_dir(final, kind) as staged:
+        produced = produce(cfg, files, calib, staged, final, quiet)
+        seconds = time.perf_counter() - start
+        checked = _check(cfg, files, calib, produced, final, quiet) if check else Checked([], {})
+        if not checked.installable:
+            raise CalibrationError(checked.refusal)
+        entry = {**produced.entry, **checked.record}
+        cache.install(manifest, [(staged, final)], (target, cache.new_entry(entry)))
+    installed = [final / p.name for p in produced.artifacts]
+    log.info("installed INT8 model %s", final)
+    return CalibrationResult(target, installed, manifest, calib.count, seconds, checked.lines)
+
+
+def _check(cfg: DeployConfig, files: ModelFiles, calib: CalibrationSet, produced: Optional[Produced], final: Path,
+           quiet: bool) -> Checked:
+    """Score INT8 against FP32 on the check set; with a budget over which INT8 lost, restore FP32 layers in the
+    staged artifacts (``produced``) until it fits. ``produced`` None: the installed artifacts (TensorRT)."""
+    check_set = load_check_set(cfg, calib.task, calib.source, calib.items, quiet=quiet)
+    if check_set is None:
+        return Checked([], {})
+    reference = fp32_plan(cfg)
+    scorer = reference_scorer(calib.task, check_set, reference, quiet=quiet)
+    plan = resolve_plan(cfg, quiet=True) if produced is None else candidate_plan(reference, produced.model)
+    value, results = scorer.run(plan, quiet=quiet, desc="check int8")
+    drop = scorer.drop(value)
+    lines = [check_line(scorer, results)]
+    record = {"check": {**check_set.to_json(), **scorer.to_json(), "int8": round(value, 6), "drop_points": drop}}
+    budget = cfg.calibration.max_drop
+    if budget is None:
+        if drop > WARN_POINTS:
+            log.warning("INT8 loses %.2f pt of %s on the check images; calibrate with --max-drop POINTS to keep "
+                        "the layers that lose it in FP32", drop, scorer.header)
+        return Checked(lines, record)
+    if drop <= budget + 1e-9:
+        lines.append(f"within --max-drop {budget:g} ({drop:+.2f} pt): no layer kept FP32, no search")
+        record["budget"] = {"max_drop": budget, "within": True, "drop_before": drop, "int8_before": round(value, 6),
+                            "kept_fp32": [], "trials": 0, "seconds": 0.0, "method": "none"}
+        return Checked(lines, record)
+    assert produced is not None  # TensorRT refused --max-drop up front
+    restore = _RESTORERS[cfg.runtime.backend]
+    found = restore(cfg, files, calib, produced, scorer, reference, value, final, quiet)
+    found.update({"max_drop": budget, "drop_before": drop, "int8_before": round(value, 6)})
+    record["budget"] = found
+    record["check"].update(int8=found["int8"], drop_points=found["drop_points"])
+    kept = found["kept_fp32"]
+    summary = (f"{len(kept)} of {found['layers']} quantized layers kept FP32: {scorer.header} drop "
+               f"{drop:+.2f} -> {found['drop_points']:+.2f} pt (budget {budget:g}) in {found['trials']} trials, "
+               f"{found['seconds']:.0f} s")
+    lines += [summary, "reproduce with: " + found["config_line"]]
+    if found["within"]:
+        return Checked(lines, record)
+    if cfg.calibration.accept_best:
+        found["accepted_over_budget"] = True
+        lines.append(f"over budget, installed anyway (--accept-best): {found['drop_points']:+.2f} pt")
+        return Checked(lines, record)
+    refusal = (f"no INT8 model within --max-drop {budget:g} in {found['trials']} trials: the best loses "
+               f"{found['drop_points']:.2f} pt of {scorer.header} with {len(kept)} layers FP32 "
+               f"({found['config_line']}); nothing installed: raise --max-drop or --max-trials, or pass "
+               "--accept-best to install it")
+    return Checked(lines, record, installable=False, refusal=refusal)
 
 
 def _check_calibratable(cfg: DeployConfig, files: ModelFiles) -> None:
@@ -193,9 +288,12 @@ def _check_calibratable(cfg: DeployConfig, files: ModelFiles) -> None:
         raise CalibrationError(f"{files.program} is a PIR (.json) program; PaddleSlim and Paddle-TRT calibrate only "
                                "the classic .pdmodel format: export it with FLAGS_enable_pir_api=0 set before "
                                "paddle is imported")
-    unknown = [name for name in cfg.calibration.skip_tensors if name not in info.weights]
+    # A layer is named by its weight, or (a matmul of two activations) by an input only it reads.
+    readers = tensor_readers(files, [n for n in cfg.calibration.skip_tensors if n not in info.weights])
+    unknown = [name for name, uses in readers.items() if not any(use.op_type in LAYER_OPS for use in uses)]
     if unknown:
-        raise ConfigError(f"calibration.skip_tensors: '{unknown[0]}' is not a weight tensor of {files.program}; "
+        raise ConfigError(f"calibration.skip_tensors: '{unknown[0]}' is neither a weight nor an input of a conv / "
+                          f"matmul of {files.program}; "
                           f"{closest_key(unknown[0], list(info.weights))} (list them: python "
                           f"tools/inspect_model.py -c {cfg.source} --weights)")
 
@@ -341,25 +439,49 @@ def _cpu_destination(cfg: DeployConfig, files: ModelFiles, output_dir: Optional[
                               ("scales.json", "inference.pdmodel", "inference.pdiparams"))
 
 
-def _calibrate_cpu(cfg: DeployConfig, files: ModelFiles, calib: CalibrationSet, final: Path,
-                   quiet: bool) -> CalibrationResult:
+def _produce_cpu(cfg: DeployConfig, files: ModelFiles, calib: CalibrationSet, staged: Path, final: Path,
+                 quiet: bool) -> Produced:
     algo = cfg.calibration.algo
-    with cache.staged_dir(final, "int8_cpu") as staged:
-        skip = (image_convs(files) if cfg.calibration.keep_image_conv_fp32 else []) + cfg.calibration.skip_tensors
-        _quantize_post_static(files, calib, cfg.calibration, staged, quiet, skip)
-        quantized = ModelFiles(staged / "inference.pdmodel", staged / "inference.pdiparams")
-        scales = quant_scales(quantized)
-        cache.atomic_write_json(staged / "scales.json", scales)
-        artifacts = [quantized.program, quantized.params, staged / "scales.json"]
-        entry = {**_manifest_entry(cfg, files, calib, "cpu", algo, "paddle-ptq-onednn", final, artifacts),
-                 "fp32_tensors": skip, "observe_all_ops": cfg.calibration.observe_all_ops,
-                 "quantize_op_types": cfg.calibration.quantize_op_types}
-        manifest = cache.manifest_path(files)
-        cache.install(manifest, [(staged, final)], ("cpu", cache.new_entry(entry)))
-    installed = [final / p.name for p in artifacts]
-    log.info("wrote quantized model %s (%d tensors with scales)", final, len(scales))
-    return CalibrationResult("cpu", installed, manifest, calib.count, 0.0)
+    skip = (image_convs(files) if cfg.calibration.keep_image_conv_fp32 else []) + cfg.calibration.skip_tensors
+    _quantize_post_static(files, calib, cfg.calibration, staged, quiet, skip)
+    quantized = ModelFiles(staged / "inference.pdmodel", staged / "inference.pdiparams")
+    artifacts = _write_scales(quantized)
+    entry = {**_manifest_entry(cfg, files, calib, "cpu", algo, "paddle-ptq-onednn", final, artifacts),
+             "fp32_tensors": skip, "observe_all_ops": cfg.calibration.observe_all_ops,
+             "quantize_op_types": cfg.calibration.quantize_op_types}
+    return Produced(quantized, artifacts, entry)
 
+
+def _write_scales(quantized: ModelFiles) -> list[Path]:
+    """scales.json beside a quantized model (what tools/inspect_model.py and the report show); the artifacts."""
+    scales = quant_scales(quantized)
+    cache.atomic_write_json(quantized.dir / "scales.json", scales)
+    log.info("quantized model %s has %d tensors with scales", quantized.dir, len(scales))
+    return [quantized.program, quantized.params, quantized.dir / "scales.json"]
+
+
+def _restore_cpu(cfg: DeployConfig, files: ModelFiles, calib: CalibrationSet, produced: Produced, scorer: Scorer,
+                 reference: PredictorPlan, value: float, final: Path, quiet: bool) -> dict:
+    """The layer search (search.py) on the staged PTQ model; the model it settles on replaces the staged one."""
+    settings = cfg.calibration
+    scratch = cache.staging_dir(final)
+    try:
+        int8 = Trial(frozenset(), value, scorer.drop(value))
+        found, model = search_layers(produced.model, files, reference, scorer, int8, settings.max_drop,
+                                     settings.max_trials, scratch, quiet=quiet)
+    finally:
+        shutil.rmtree(scratch, ignore_errors=True)
+    model.save(found.best.fp32, produced.model.dir)
+    produced.artifacts = _write_scales(produced.model)
+    kept = found.kept_fp32()
+    produced.entry["fp32_tensors"] = produced.entry["fp32_tensors"] + [layer.name for layer in kept]
+    produced.entry["artifacts"]["files"] = cache.artifact_fingerprint(produced.artifacts)
+    skip = list(settings.skip_tensors) + [layer.name for layer in kept]
+    return {"method": "paddle-layer-search", "within": found.within, "int8": round(found.best.value, 6),
+            "drop_points": found.best.drop, "layers": len(found.layers), "kept_fp32": [layer.name for layer in kept],
+            "kept_fp32_layers": [layer.to_json() for layer in kept], "trials": found.trials,
+            "seconds": round(found.seconds, 1), "sensitivity": found.sensitivity, "op_types": found.op_types,
+            "config_line": f"calibration.skip_tensors: [{', '.join(skip)}]"}
 
 
 # ---------------------------------------------------------------- OpenVINO: NNCF post-training quantization
@@ -399,20 +521,108 @@ def _openvino_destination(cfg: DeployConfig, files: ModelFiles, output_dir: Opti
                               ("model.xml", "model.bin"))
 
 
-def _calibrate_openvino(cfg: DeployConfig, files: ModelFiles, calib: CalibrationSet, final: Path,
-                        quiet: bool) -> CalibrationResult:
-    with cache.staged_dir(final, "int8_openvino") as staged:
-        _nncf_quantize(files, calib, cfg.calibration.nncf, staged / "model.xml", quiet)
-        artifacts = [staged / "model.xml", staged / "model.bin"]
-        entry = {**_manifest_entry(cfg, files, calib, "openvino", "nncf", "openvino", final, artifacts),
-                 "nncf": dataclasses.asdict(cfg.calibration.nncf)}
-        manifest = cache.manifest_path(files)
-        cache.install(manifest, [(staged, final)], ("openvino", cache.new_entry(entry)))
-    installed = [final / p.name for p in artifacts]
-    log.info("wrote OpenVINO INT8 model %s", final)
-    return CalibrationResult("openvino", installed, manifest, calib.count, 0.0)
+def _produce_openvino(cfg: DeployConfig, files: ModelFiles, calib: CalibrationSet, staged: Path, final: Path,
+                      quiet: bool) -> Produced:
+    _nncf_quantize(files, calib, cfg.calibration.nncf, staged / "model.xml", quiet)
+    artifacts = [staged / "model.xml", staged / "model.bin"]
+    entry = {**_manifest_entry(cfg, files, calib, "openvino", "nncf", "openvino", final, artifacts),
+             "nncf": dataclasses.asdict(cfg.calibration.nncf)}
+    return Produced(ModelFiles(artifacts[0], artifacts[1]), artifacts, entry)
+
+
+# The OpenVINO ops NNCF quantizes that hold a layer's weights (what "a layer kept FP32" counts).
+_OV_LAYER_TYPES = ("Convolution", "GroupConvolution", "ConvolutionBackpropData", "GroupConvolutionBackpropData",
+                   "MatMul")
+
+
+def openvino_quantized_layers(model: Any) -> dict[str, str]:
+    """{node name: op type} of the conv / matmul nodes fed by a FakeQuantize (INT8) in an NNCF-quantized model."""
+    found = {}
+    for op in model.get_ordered_ops():
+        if op.get_type_name() not in _OV_LAYER_TYPES:
+            continue
+        sources = [op.input(i).get_source_output().get_node() for i in range(op.get_input_size())]
+        if any(src.get_type_name() == "FakeQuantize" for src in sources):
+            found[op.get_friendly_name()] = op.get_type_name()
+    return found
+
+
+class _CompiledEngine:
+    """An OpenVINO compiled model as a task engine (what NNCF's validation function is given)."""
+
+    def __init__(self, compiled: Any):
+        self._compiled = compiled
+        self.input_names = [port.get_any_name() for port in compiled.inputs]
+        self.output_names = [port.get_any_name() for port in compiled.outputs]
+
+    def run(self, feeds: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
+        outputs = self._compiled(feeds)
+        return {name: np.array(outputs[port]) for name, port in zip(self.output_names, self._compiled.outputs)}
+
+
+def _restore_openvino(cfg: DeployConfig, files: ModelFiles, calib: CalibrationSet, produced: Produced,
+                      scorer: Scorer, reference: PredictorPlan, value: float, final: Path, quiet: bool) -> dict:
+    """nncf.quantize_with_accuracy_control with the task's metric (or agreement) as its validation function;
+    the layers it reverted to FP32 are those INT8 in the default model and not in its result."""
+    import nncf
+    from nncf.quantization.advanced_parameters import AdvancedAccuracyRestorerParameters
+
+    settings = cfg.calibration
+    start = time.perf_counter()
+    default_layers = openvino_quantized_layers(read_program(produced.model.program))
+    model = read_program(files.program)
+    input_names = [port.get_any_name() for port in model.inputs]
+    feeds = list(calib.feeds(input_names))
+    batches = scorer.check.eval_set.batches
+    offsets = np.cumsum([0] + [len(b.items) for b in batches])
+    calls = []
+
+    def validate(compiled: Any, items: Any) -> tuple[float, list[float]]:
+        engine = _CompiledEngine(compiled)
+        results, per_item, indices = [], [], []
+        for index in items:
+            batch = batches[index]
+            got = scorer.task.predict(engine, batch)
+            span = list(range(offsets[index], offsets[index + 1]))
+            per_item.append(scorer.value_on(got, span))
+            results.extend(got)
+            indices.extend(span)
+        calls.append(len(indices))
+        return scorer.value_on(results, indices), per_item
+
+    ignored = (nncf.IgnoredScope(names=list(settings.nncf.ignored_scope), types=list(settings.nncf.ignored_types))
+               if settings.nncf.ignored_scope or settings.nncf.ignored_types else None)
+    preset = {"performance": nncf.QuantizationPreset.PERFORMANCE, "mixed": nncf.QuantizationPreset.MIXED}
+    restorer = AdvancedAccuracyRestorerParameters(max_num_iterations=settings.max_trials, num_ranking_workers=1)
+    with contextlib.ExitStack() as stack:
+        if quiet:
+            nncf.set_log_level(logging.ERROR)
+            stack.enter_context(contextlib.redirect_stdout(io.StringIO()))
+            stack.enter_context(native_stderr_to_log())
+        quantized = nncf.quantize_with_accuracy_control(
+            model, nncf.Dataset(feeds), nncf.Dataset(list(range(len(batches)))), validate,
+            max_drop=settings.max_drop / 100, drop_type=nncf.DropType.ABSOLUTE, preset=preset[settings.nncf.preset],
+            fast_bias_correction=settings.nncf.fast_bias_correction, subset_size=len(feeds),
+            advanced_accuracy_restorer_parameters=restorer, **({"ignored_scope": ignored} if ignored else {}))
+    kept = {name: kind for name, kind in default_layers.items()
+            if name not in openvino_quantized_layers(quantized)}
+    write_ir(quantized, produced.model.program)
+    produced.entry["artifacts"]["files"] = cache.artifact_fingerprint(produced.artifacts)
+    produced.entry["nncf"]["accuracy_control_ignored"] = sorted(kept)
+    # Our own measurement of what is installed (NNCF's is on the same images, in its own loop).
+    final_value, _ = scorer.run(candidate_plan(reference, produced.model), quiet=True)
+    drop = scorer.drop(final_value)
+    names = list(settings.nncf.ignored_scope) + sorted(kept)
+    return {"method": "nncf-accuracy-control", "within": drop <= settings.max_drop + 1e-9,
+            "int8": round(final_value, 6), "drop_points": drop, "layers": len(default_layers),
+            "kept_fp32": sorted(kept), "kept_fp32_layers": [{"name": n, "op_type": t} for n, t in sorted(kept.items())],
+            "trials": len(calls), "seconds": round(time.perf_counter() - start, 1), "sensitivity": [],
+            "op_types": [], "config_line": f"calibration.nncf.ignored_scope: [{', '.join(names)}]"}
 
 
 # backend -> (where its artifacts go, checked before the work; the calibration that writes them there)
-_TARGETS = {"trt": (_trt_destination, _calibrate_trt), "openvino": (_openvino_destination, _calibrate_openvino),
-            "paddle": (_cpu_destination, _calibrate_cpu)}
+_TARGETS = {"trt": (_trt_destination, _calibrate_trt), "openvino": (_openvino_destination, _produce_openvino),
+            "paddle": (_cpu_destination, _produce_cpu)}
+# backend -> (manifest target, staged folder kind); backend -> what restores FP32 layers within a budget
+_KINDS = {"openvino": ("openvino", "int8_openvino"), "paddle": ("cpu", "int8_cpu")}
+_RESTORERS = {"openvino": _restore_openvino, "paddle": _restore_cpu}

