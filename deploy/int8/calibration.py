@@ -530,21 +530,21 @@ def _produce_openvino(cfg: DeployConfig, files: ModelFiles, calib: CalibrationSe
     return Produced(ModelFiles(artifacts[0], artifacts[1]), artifacts, entry)
 
 
-# The OpenVINO ops NNCF quantizes that hold a layer's weights (what "a layer kept FP32" counts).
-_OV_LAYER_TYPES = ("Convolution", "GroupConvolution", "ConvolutionBackpropData", "GroupConvolutionBackpropData",
-                   "MatMul")
+class _NncfReport(logging.Handler):
+    """What NNCF's accuracy control logs about its result: how many operations it quantized and which it
+    reverted to FP32 (NNCF's own node names; the algorithm keeps them in its report object only)."""
 
+    def __init__(self) -> None:
+        super().__init__(logging.INFO)
+        self.total: Optional[int] = None
+        self.reverted: list[str] = []
 
-def openvino_quantized_layers(model: Any) -> dict[str, str]:
-    """{node name: op type} of the conv / matmul nodes fed by a FakeQuantize (INT8) in an NNCF-quantized model."""
-    found = {}
-    for op in model.get_ordered_ops():
-        if op.get_type_name() not in _OV_LAYER_TYPES:
-            continue
-        sources = [op.input(i).get_source_output().get_node() for i in range(op.get_input_size())]
-        if any(src.get_type_name() == "FakeQuantize" for src in sources):
-            found[op.get_friendly_name()] = op.get_type_name()
-    return found
+    def emit(self, record: logging.LogRecord) -> None:
+        text = record.getMessage()
+        if text.startswith("Total number of quantized operations in the model:"):
+            self.total = int(text.rsplit(":", 1)[1])
+        elif "were reverted back to the floating-point precision:" in text:
+            self.reverted = [line.strip() for line in text.splitlines()[1:] if line.strip()]
 
 
 class _CompiledEngine:
@@ -563,13 +563,12 @@ class _CompiledEngine:
 def _restore_openvino(cfg: DeployConfig, files: ModelFiles, calib: CalibrationSet, produced: Produced,
                       scorer: Scorer, reference: PredictorPlan, value: float, final: Path, quiet: bool) -> dict:
     """nncf.quantize_with_accuracy_control with the task's metric (or agreement) as its validation function;
-    the layers it reverted to FP32 are those INT8 in the default model and not in its result."""
+    the operations it reverted to FP32 are those its own report names (logged; captured by _NncfReport)."""
     import nncf
     from nncf.quantization.advanced_parameters import AdvancedAccuracyRestorerParameters
 
     settings = cfg.calibration
     start = time.perf_counter()
-    default_layers = openvino_quantized_layers(read_program(produced.model.program))
     model = read_program(files.program)
     input_names = [port.get_any_name() for port in model.inputs]
     feeds = list(calib.feeds(input_names))
@@ -587,25 +586,33 @@ def _restore_openvino(cfg: DeployConfig, files: ModelFiles, calib: CalibrationSe
             per_item.append(scorer.value_on(got, span))
             results.extend(got)
             indices.extend(span)
-        calls.append(len(indices))
+        calls.append(len(indices) == len(scorer.reference))  # a whole-set validation: one trial
         return scorer.value_on(results, indices), per_item
 
     ignored = (nncf.IgnoredScope(names=list(settings.nncf.ignored_scope), types=list(settings.nncf.ignored_types))
                if settings.nncf.ignored_scope or settings.nncf.ignored_types else None)
     preset = {"performance": nncf.QuantizationPreset.PERFORMANCE, "mixed": nncf.QuantizationPreset.MIXED}
     restorer = AdvancedAccuracyRestorerParameters(max_num_iterations=settings.max_trials, num_ranking_workers=1)
+    report = _NncfReport()
+    nncf_log = logging.getLogger("nncf")
     with contextlib.ExitStack() as stack:
-        if quiet:
-            nncf.set_log_level(logging.ERROR)
+        levels = {h: h.level for h in nncf_log.handlers}
+        stack.callback(lambda level=nncf_log.level: nncf_log.setLevel(level))
+        stack.callback(lambda: [h.setLevel(level) for h, level in levels.items()])
+        nncf_log.setLevel(logging.INFO)  # our handler needs the INFO lines, even after a quiet nncf.quantize
+        nncf_log.addHandler(report)
+        stack.callback(nncf_log.removeHandler, report)
+        if quiet:  # NNCF's own handlers print ERROR only
             stack.enter_context(contextlib.redirect_stdout(io.StringIO()))
             stack.enter_context(native_stderr_to_log())
+            for handler in levels:
+                handler.setLevel(logging.ERROR)
         quantized = nncf.quantize_with_accuracy_control(
             model, nncf.Dataset(feeds), nncf.Dataset(list(range(len(batches)))), validate,
             max_drop=settings.max_drop / 100, drop_type=nncf.DropType.ABSOLUTE, preset=preset[settings.nncf.preset],
             fast_bias_correction=settings.nncf.fast_bias_correction, subset_size=len(feeds),
             advanced_accuracy_restorer_parameters=restorer, **({"ignored_scope": ignored} if ignored else {}))
-    kept = {name: kind for name, kind in default_layers.items()
-            if name not in openvino_quantized_layers(quantized)}
+    kept = {name: _node_type(quantized, name) for name in report.reverted}
     write_ir(quantized, produced.model.program)
     produced.entry["artifacts"]["files"] = cache.artifact_fingerprint(produced.artifacts)
     produced.entry["nncf"]["accuracy_control_ignored"] = sorted(kept)
@@ -614,10 +621,15 @@ def _restore_openvino(cfg: DeployConfig, files: ModelFiles, calib: CalibrationSe
     drop = scorer.drop(final_value)
     names = list(settings.nncf.ignored_scope) + sorted(kept)
     return {"method": "nncf-accuracy-control", "within": drop <= settings.max_drop + 1e-9,
-            "int8": round(final_value, 6), "drop_points": drop, "layers": len(default_layers),
+            "int8": round(final_value, 6), "drop_points": drop, "layers": report.total,
             "kept_fp32": sorted(kept), "kept_fp32_layers": [{"name": n, "op_type": t} for n, t in sorted(kept.items())],
-            "trials": len(calls), "seconds": round(time.perf_counter() - start, 1), "sensitivity": [],
+            "trials": sum(calls), "seconds": round(time.perf_counter() - start, 1), "sensitivity": [],
             "op_types": [], "config_line": f"calibration.nncf.ignored_scope: [{', '.join(names)}]"}
+
+
+def _node_type(model: Any, name: str) -> str:
+    """The op type of the node named ``name`` in an OpenVINO model ("?" if NNCF renamed it)."""
+    return next((op.get_type_name() for op in model.get_ops() if op.get_friendly_name() == name), "?")
 
 
 # backend -> (where its artifacts go, checked before the work; the calibration that writes them there)
