@@ -277,7 +277,8 @@ def _check(cfg: DeployConfig, files: ModelFiles, calib: CalibrationSet, produced
 
 
 def _check_calibratable(cfg: DeployConfig, files: ModelFiles) -> None:
-    """A classic, not yet quantized program, and every calibration.skip_tensors name one of its weights."""
+    """A classic, not yet quantized program, and every calibration.skip_tensors name a layer of it (a weight, or an
+    input of a conv / matmul)."""
     info = inspect_model(files)
     if info.quantized:
         ops = ", ".join(f"{k} x{v}" for k, v in sorted(info.quant_op_counts.items()))
