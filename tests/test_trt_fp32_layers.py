@@ -70,11 +70,16 @@ def test_lenet_calibration_and_table_runs_keep_the_same_conv_out_of_tensorrt(len
     table = cache.opt_cache_dir(files) / "trt_calib_1"
     cache.atomic_write_bytes(table, b"TRT-8501-EntropyCalibration2\nx: 3c010a14\n")
     entry = {"model": cache.model_fingerprint(files), "preprocess_sha256": ops_fingerprint(cfg.preprocess),
-             "artifacts": {"dir": str(table.parent), "files": cache.artifact_fingerprint([table])}}
+             "artifacts": {"dir": str(table.parent), "files": cache.artifact_fingerprint([table])},
+             "fp32_tensors": ["conv2d_3.w_0"]}  # what _calibrate_trt records beside its table
     cache.write_manifest_entry(files, "trt", entry)
     plan = plan_mod.resolve_plan(cfg, quiet=True)
     assert plan.int8_mode == "table"
     assert disabled(build_predictor_config(plan, config_cls=RecordingConfig)) == expected
+    # Another skip list makes other subgraphs, which the table has no scales for: refused, not recalibrated.
+    other = load_config(lenet_config, TRT_INT8 + ["calibration.skip_tensors=[linear_3.w_0]"])
+    with pytest.raises(CalibrationError, match=r"table is stale: calibration.skip_tensors changed .* rerun"):
+        plan_mod.resolve_plan(other, quiet=True)
 
 
 def test_runtime_disabled_ops_and_skip_list_go_in_one_call(lenet_config):

@@ -216,6 +216,12 @@ def int8_artifacts(cfg: DeployConfig, plan: PredictorPlan, *, calibrating: bool)
     cache.check_fresh(entry, plan.model, cfg, target)
     paths = cache.check_artifacts(entry, cfg)
     if target == "trt":
+        # The table holds scales for the subgraphs of its calibration run; other FP32 layers make other subgraphs,
+        # which Paddle-TRT would silently calibrate again on inference data.
+        if list(entry.get("fp32_tensors", [])) != list(cfg.calibration.skip_tensors):
+            raise CalibrationError(f"the TensorRT calibration table is stale: calibration.skip_tensors changed since "
+                                   f"{entry.get('created', 'it was made')} (it was {entry.get('fp32_tensors', [])}), so "
+                                   f"TensorRT's subgraphs changed; {cache.rerun_hint(cfg)}")
         table_dir = trt_table_dir(plan)
         if not any((table_dir / p.name).is_file() for p in paths):
             raise CalibrationError(f"no TensorRT calibration table in {table_dir} (runtime.trt.cache_dir changed "

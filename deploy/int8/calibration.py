@@ -354,7 +354,8 @@ def _calibrate_trt(cfg: DeployConfig, files: ModelFiles, calib: CalibrationSet, 
                 " the predictor was not destroyed, or the GPU ran out of memory")
         installed = [table_dir / t.name for t in tables]
         staged = [cache.stage_file(dst, src.read_bytes()) for src, dst in zip(tables, installed)]
-        entry = _manifest_entry(cfg, files, calib, "trt", "tensorrt-entropy", "trt", table_dir, tables)
+        entry = {**_manifest_entry(cfg, files, calib, "trt", "tensorrt-entropy", "trt", table_dir, tables),
+                 "fp32_tensors": list(cfg.calibration.skip_tensors)}  # the subgraphs the table was made for
         manifest = cache.manifest_path(files)
         cache.install(manifest, list(zip(staged, installed)), ("trt", cache.new_entry(entry)))
     finally:
