@@ -11,7 +11,7 @@ from conftest import LENET_CONFIG, error_line, run_tool, write_config
 from deploy.int8.calibration import calibrate
 from deploy.config.loader import load_config
 from deploy.errors import CalibrationError, ConfigError
-from deploy.report.evaluate import spaced_subset
+from deploy.evalset import spaced_subset
 from deploy.tasks.classification import cosine_rows, topk_accuracy
 from deploy.engines.paddle import Predictor
 from deploy.engines.plan import resolve_plan

@@ -19,7 +19,7 @@ from deploy.data.sources import ImageItem, list_images
 from deploy.engines.model import ModelFiles
 from deploy.engines.plan import PredictorPlan, resolve_plan
 from deploy.errors import DataError
-from deploy.report.evaluate import EvalSet, predict_set, preprocess_set, spaced_subset
+from deploy.evalset import EvalSet, predict_set, preprocess_set, spaced_subset
 from deploy.tasks.base import Task
 
 log = logging.getLogger(__name__)

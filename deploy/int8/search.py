@@ -32,7 +32,7 @@ from deploy.engines.model import ModelFiles
 from deploy.engines.plan import PredictorPlan
 from deploy.int8.check import CheckSet, Scorer, candidate_plan
 from deploy.int8.layers import Layer, QuantizedModel
-from deploy.report.evaluate import EvalSet
+from deploy.evalset import EvalSet
 
 log = logging.getLogger(__name__)
 RANK_IMAGES = 32  # images the per-layer sensitivity is measured on (the first of the check set)

@@ -16,7 +16,8 @@ from deploy.config.loader import DeployConfig
 from deploy.errors import CalibrationError
 from deploy.engines.model import ModelFiles, inspect_model
 from deploy.engines.plan import resolve_plan
-from deploy.report.evaluate import EvalSet, run_results, score_run
+from deploy.evalset import EvalSet
+from deploy.report.evaluate import run_results, score_run
 from deploy.report.runs import Run, RunSpec
 
 log = logging.getLogger(__name__)

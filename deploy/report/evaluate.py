@@ -7,18 +7,12 @@ metric and the agreement are is the task's business (tasks/*.py).
 from __future__ import annotations
 
 import logging
-import time
 from dataclasses import dataclass, field
 from typing import Any, Optional, Sequence
 
-from tqdm import tqdm
-
-from deploy.config.loader import DeployConfig
-from deploy.data.pipeline import ImagePipeline
-from deploy.data.sources import Batch, ImageItem, Loading, iter_batches, list_images
-from deploy.engines.factory import create_predictor
-from deploy.engines.plan import PredictorPlan
+from deploy.data.sources import list_images
 from deploy.errors import DataError
+from deploy.evalset import EvalSet, predict_set, preprocess_set, spaced_subset
 from deploy.report.runs import Run
 from deploy.tasks.base import Metrics, Task
 
@@ -32,24 +26,6 @@ class EvalOptions:
     images: Optional[str] = None
     limit: Optional[int] = None  # evaluate this many images, evenly spaced over the sorted set
     calib_sweep: list[int] = field(default_factory=list)  # calibration-set sizes to try (INT8 of -c)
-
-
-@dataclass
-class EvalSet:
-    """The preprocessed images, in batches, with their labels (None where unknown) in batch order."""
-
-    source: str
-    items: list[ImageItem]
-    batches: list[Batch]
-    skipped: int = 0
-
-    @property
-    def labels(self) -> list[Any]:
-        return [item.label for item in self.items]
-
-    @property
-    def labelled(self) -> int:
-        return sum(item.label is not None for item in self.items)
 
 
 @dataclass
@@ -92,15 +68,6 @@ class EvalResult:
                 "results": [r.to_json() for r in self.results]}
 
 
-def spaced_subset(items: list[ImageItem], limit: Optional[int]) -> list[ImageItem]:
-    """``limit`` items evenly spaced over ``items`` (every class of a sorted folder stays represented)."""
-    if limit is None or limit >= len(items):
-        return items
-    if limit < 1:
-        raise DataError(f"--limit must be >= 1, got {limit}")
-    return [items[i * len(items) // limit] for i in range(limit)]
-
-
 def load_eval_set(run: Run, *, images: Optional[str] = None, limit: Optional[int] = None,
                   quiet: bool = False) -> EvalSet:
     """Decode and preprocess the evaluation images once, with the reference run's pipeline and batch size."""
@@ -115,41 +82,9 @@ def load_eval_set(run: Run, *, images: Optional[str] = None, limit: Optional[int
     return eval_set
 
 
-def preprocess_set(cfg: DeployConfig, items: Sequence[ImageItem], source: str, *, quiet: bool = False) -> EvalSet:
-    """``items`` decoded and preprocessed once with the config's pipeline, in batches of runtime.batch_size
-    (unreadable images are skipped with a warning; none readable is an error)."""
-    skipped: list[ImageItem] = []
-
-    def skip(item: ImageItem, err: DataError) -> None:
-        skipped.append(item)
-        log.warning("skipped %s", err)
-
-    kept, batches = [], []
-    with tqdm(total=len(items), disable=quiet, unit="img", desc="preprocess") as bar:
-        for batch in iter_batches(list(items), ImagePipeline(cfg.preprocess), cfg.runtime.batch_size, skip,
-                                  bar.update, Loading.of(cfg.runtime, overlaps=False)):  # no run to overlap yet
-            kept.extend(batch.items)
-            batches.append(batch)
-    if not kept:
-        raise DataError(f"no readable images in {source} ({len(skipped)} unreadable)")
-    return EvalSet(source, kept, batches, len(skipped))
-
-
 def run_results(run: Run, eval_set: EvalSet, *, quiet: bool = False) -> tuple[list[Any], float]:
     """One run's results over the set (in the set's order), and the seconds it took (inference + post-processing)."""
     return predict_set(run.plan, run.task, eval_set, quiet=quiet, desc=run.label)
-
-
-def predict_set(plan: PredictorPlan, task: Task, eval_set: EvalSet, *, quiet: bool = False,
-                desc: str = "predict") -> tuple[list[Any], float]:
-    """A plan's results over the set (in the set's order), and the seconds it took (inference + post-processing)."""
-    results: list[Any] = []
-    with create_predictor(plan) as predictor:
-        start = time.perf_counter()
-        for batch in tqdm(eval_set.batches, disable=quiet, unit="batch", desc=desc, leave=False):
-            results.extend(task.predict(predictor, batch))
-        seconds = time.perf_counter() - start
-    return results, seconds
 
 
 def score_run(task: Task, results: Sequence[Any], eval_set: EvalSet, reference: Sequence[Any]) -> tuple[Metrics,
