@@ -33,7 +33,7 @@ from deploy.engines.plan import PredictorPlan, resolve_plan, shape_file, trt_tab
 from deploy.data.pipeline import ImagePipeline, ops_fingerprint
 from deploy.int8.check import (WARN_POINTS, Scorer, candidate_plan, check_line, fp32_plan, load_check_set,
                                 reference_scorer)
-from deploy.int8.search import Trial, search_layers
+from deploy.int8.search import RANK_IMAGES, Trial, search_layers
 from deploy.tasks.base import Task
 from deploy.tasks.registry import build_task
 
@@ -594,7 +594,11 @@ def _restore_openvino(cfg: DeployConfig, files: ModelFiles, calib: CalibrationSe
     ignored = (nncf.IgnoredScope(names=list(settings.nncf.ignored_scope), types=list(settings.nncf.ignored_types))
                if settings.nncf.ignored_scope or settings.nncf.ignored_types else None)
     preset = {"performance": nncf.QuantizationPreset.PERFORMANCE, "mixed": nncf.QuantizationPreset.MIXED}
-    restorer = AdvancedAccuracyRestorerParameters(max_num_iterations=settings.max_trials, num_ranking_workers=1)
+    # NNCF ranks every quantizer group on a subset of the check batches (those INT8 differs on most); the same
+    # number of images as the Paddle search ranks on keeps that affordable on long inputs (hard-set lines).
+    ranking = int(np.searchsorted(offsets[1:], RANK_IMAGES)) + 1
+    restorer = AdvancedAccuracyRestorerParameters(max_num_iterations=settings.max_trials, num_ranking_workers=1,
+                                                  ranking_subset_size=min(ranking, len(batches)))
     report = _NncfReport()
     nncf_log = logging.getLogger("nncf")
     with contextlib.ExitStack() as stack:
