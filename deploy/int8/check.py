@@ -104,7 +104,6 @@ class Scorer:
     key: str
     header: str
     fp32: float
-    fp32_seconds: float
 
     def value(self, results: Sequence[Any]) -> float:
         """The score of results for the whole check set."""
@@ -134,9 +133,9 @@ class Scorer:
 
 def reference_scorer(task: Task, check: CheckSet, reference: PredictorPlan, *, quiet: bool = False) -> Scorer:
     """Run FP32 on the check set once; its results are what agreement compares with."""
-    results, seconds = predict_set(reference, task, check.eval_set, quiet=quiet, desc="check fp32")
+    results, _ = predict_set(reference, task, check.eval_set, quiet=quiet, desc="check fp32")
     column = task.metrics[0] if check.labelled else task.agreements[0]
-    scorer = Scorer(task, check, results, column.key, column.header, 1.0, seconds)
+    scorer = Scorer(task, check, results, column.key, column.header, 1.0)
     scorer.fp32 = scorer.value(results)
     return scorer
 

@@ -107,7 +107,7 @@ def _subset(scorer: Scorer, images: int) -> Scorer:
     items = [item for batch in batches for item in batch.items]
     check = CheckSet(scorer.check.source, EvalSet(scorer.check.eval_set.source, items, batches),
                      scorer.check.held_out)
-    sub = Scorer(scorer.task, check, scorer.reference[:count], scorer.key, scorer.header, 1.0, 0.0)
+    sub = Scorer(scorer.task, check, scorer.reference[:count], scorer.key, scorer.header, 1.0)
     sub.fp32 = sub.value(sub.reference)
     return sub
 
