@@ -105,6 +105,11 @@ def parse_list_lines(lines: list[str], labels: Optional[LabelReader], where: str
     return entries
 
 
+def seeded_order(items: list[ImageItem], seed: int) -> list[ImageItem]:
+    """``items`` in the seeded order calibration samples from (the INT8 check takes the ones the sample left)."""
+    return [items[i] for i in np.random.default_rng(seed).permutation(len(items))]
+
+
 def list_images(source: Path | str, labels: Optional[LabelReader] = None) -> list[ImageItem]:
     """All images named by ``source`` (folder, glob, image file or list file); DataError when none."""
     text = str(source)

@@ -22,7 +22,7 @@ from tqdm import tqdm
 
 from deploy import cache
 from deploy.config.loader import CalibrationConfig, DeployConfig, NncfConfig
-from deploy.data.sources import Batch, ImageItem, group_batches, list_images, load_images
+from deploy.data.sources import Batch, ImageItem, group_batches, list_images, load_images, seeded_order
 from deploy.env import default_device, probe, support_reason
 from deploy.config.schema import closest_key
 from deploy.errors import CalibrationError, ConfigError, DataError, UnsupportedError
@@ -104,9 +104,7 @@ def sample_images(cfg: DeployConfig, source: Optional[str] = None) -> list[Image
     if source is None:
         raise DataError("no calibration images: set calibration.images (a folder, glob or list file) "
                         "or pass --images")
-    items = list_images(source)
-    order = np.random.default_rng(cfg.calibration.seed).permutation(len(items))
-    return [items[i] for i in order]
+    return seeded_order(list_images(source), cfg.calibration.seed)
 
 
 def load_calibration_set(cfg: DeployConfig, *, source: Optional[str] = None, num_images: Optional[int] = None,

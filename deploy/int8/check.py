@@ -11,11 +11,9 @@ import logging
 from dataclasses import dataclass, replace
 from typing import Any, Optional, Sequence
 
-import numpy as np
-
 from deploy import cache
 from deploy.config.loader import DeployConfig
-from deploy.data.sources import ImageItem, list_images
+from deploy.data.sources import ImageItem, list_images, seeded_order
 from deploy.engines.model import ModelFiles
 from deploy.engines.plan import PredictorPlan, resolve_plan
 from deploy.errors import DataError
@@ -53,10 +51,9 @@ class CheckSet:
 
 def held_out_items(cfg: DeployConfig, task: Task, source: str, used: Sequence[ImageItem]) -> list[ImageItem]:
     """The calibration source's images the sample did not take, in the same seeded order (labels read)."""
-    items = list_images(source, task)
-    order = np.random.default_rng(cfg.calibration.seed).permutation(len(items))
     taken = {str(i.path) for i in used}
-    return [items[i] for i in order if str(items[i].path) not in taken]
+    return [item for item in seeded_order(list_images(source, task), cfg.calibration.seed)
+            if str(item.path) not in taken]
 
 
 def load_check_set(cfg: DeployConfig, task: Task, calib_source: str, calib_items: Sequence[ImageItem], *,
