@@ -464,6 +464,8 @@ def prepare_install(files: ModelFiles, final: Path) -> None:
 def calibrate_command(cfg: DeployConfig) -> str:
     """The command that calibrates this config's model for its backend."""
     backend = " -o runtime.backend=openvino" if cfg.runtime.backend == "openvino" else ""
+    if cfg.runtime.backend == "trt" and cfg.runtime.trt.int8_mode == "explicit":
+        backend = " -o runtime.trt.int8_mode=explicit"
     return f"python tools/calibrate.py -c {cfg.source}{backend}"
 
 

@@ -28,7 +28,7 @@ from deploy.tasks.ocr_det_post import match_pairs
 from deploy.tasks.ocr_rec import CtcPath, OcrRecTask, TextResult, ctc_greedy_decode, join_pieces, line_pieces
 from deploy.tasks.ocr_system import (OcrLines, crop_box, end_to_end, grow_box, ink_bands, ink_mask,
                                      line_image_boxes, line_pieces_for_cls, merge_rows, sorted_boxes)
-from paddle_signatures import recording_predictor
+from paddle_signatures import RecordingConfig, recording_predictor
 from test_predictor_contract import assert_every_call_binds, gpu_env
 
 DET_COUNTS = {"test": 8, "calib": 4}
@@ -446,3 +446,44 @@ def test_ocr_system_side_by_side_report(ocr, tmp_path):
     assert fp32["agreement"] == 1.0 and (fp32["label"], int8["label"]) == ("fp32", "int8")
     assert all(0.0 <= int8[k] <= 1.0 for k in ("precision", "recall", "f1", "agreement"))
     assert (tmp_path / "accuracy.png").is_file() and "| F1 |" in (tmp_path / "report.md").read_text()
+
+
+@pytest.mark.parametrize("name", ["rec", "det"])
+def test_trt_explicit_on_dynamic_shapes(ocr, tmp_path, name):
+    """Contract for the dynamic-shape PP-OCR configs (no GPU here): the TensorRT Q/DQ model waits for collected shape
+    ranges, is built for real on this CPU, carries the model's ranges plus one per Q/DQ tensor, and the explicit
+    predictor is configured with them and no calibration; ranges collected again make it stale."""
+    import shutil
+
+    model = tmp_path / "model"
+    shutil.copytree(ocr[name] / "inference", model, ignore=shutil.ignore_patterns("_opt_cache"))
+    counts = DET_COUNTS if name == "det" else REC_COUNTS
+    extra = f"postprocess: {{character_dict: {model / 'ppocr_keys_v1.txt'}}}\n" if name == "rec" else ""
+    cfg = write_config(tmp_path / "trt.yml", f"""_base_: {ROOT / 'configs' / f'ppocr_{name}_trt-int8_tuned.yml'}
+model: {{dir: {model}, build: null}}
+calibration: {{images: {ocr[name] / 'data' / 'calib' / 'labels.txt'}, num_images: {counts['calib']}, check_num: 0}}
+runtime: {{trt: {{int8_mode: explicit}}}}
+{extra}""")
+    with pytest.raises(CalibrationError, match="no shape range file .* --collect-shapes"):
+        calibration_mod.calibrate(load_config(cfg), quiet=True)
+    run_tool("calibrate", "-c", cfg, "--collect-shapes", "--device", "cpu", "--quiet", check=True)
+    result = calibration_mod.calibrate(load_config(cfg), quiet=True)
+    qdq = model / "_opt_cache" / "int8_trt_qdq"
+    assert result.target == "trt_explicit" and qdq / "shape_range_info.pbtxt" in result.artifacts
+    fp32_ranges = read_shape_ranges(model / "_opt_cache" / "shape_range_info.pbtxt")
+    ranges = read_shape_ranges(qdq / "shape_range_info.pbtxt")
+    added = {n: r for n, r in ranges.items() if n not in fp32_ranges}
+    assert {n: ranges[n] for n in fp32_ranges} == fp32_ranges and added
+    assert all(n.endswith((".quantized", ".dequantized")) and r == fp32_ranges[n.split(".quantized")[0]]
+               for n, r in added.items())
+    plan = plan_mod.resolve_plan(load_config(cfg), env=gpu_env((10, 5, 0)), quiet=True)
+    rec = build_predictor_config(plan, config_cls=RecordingConfig)
+    assert_every_call_binds(rec)
+    assert rec.call("enable_tuned_tensorrt_dynamic_shape").arguments["shape_range_info_path"] == str(
+        qdq / "shape_range_info.pbtxt")
+    assert rec.call("enable_tensorrt_engine").arguments["use_calib_mode"] is False
+    assert "enable_tensorrt_explicit_quantization" in rec.names() and plan.model.dir == qdq
+    shapes = model / "_opt_cache" / "shape_range_info.pbtxt"  # as if collected again, from other images
+    shapes.write_text(shapes.read_text().replace("max_shape: 1\n", "max_shape: 2\n", 1))
+    with pytest.raises(CalibrationError, match="Q/DQ model's shape ranges are stale: .* collected again"):
+        plan_mod.resolve_plan(load_config(cfg), env=gpu_env((10, 5, 0)), quiet=True)

@@ -15,10 +15,11 @@ from deploy.int8.shapes import collect_shapes
 from paddle_signatures import RecordingConfig, bind
 
 
-def gpu_env() -> Environment:
-    """The probe of this machine with a CUDA+TensorRT build and one GPU described (no GPU is used)."""
-    return replace(probe(), cuda_compiled=True, cuda_version="12.6", cudnn_version="9.5",
-                   trt_compile_version=(10, 5, 0), trt_runtime_version=(10, 5, 0), gpus=["described GPU"])
+def gpu_env(trt: tuple[int, int, int] = (10, 0, 1)) -> Environment:
+    """The probe of this machine with a CUDA+TensorRT build and one GPU described (no GPU is used). TensorRT 10.0 by
+    default: the last release before implicit calibration was deprecated (runtime.trt.int8_mode auto = implicit)."""
+    return replace(probe(), cuda_compiled=True, cuda_version="12.6", cudnn_version="9.5", trt_compile_version=trt,
+                   trt_runtime_version=trt, gpus=["described GPU"], gpu_capabilities=[(8, 9)])
 
 
 def record(cfg, env=None, **kw) -> RecordingConfig:

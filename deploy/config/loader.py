@@ -90,6 +90,19 @@ class DynamicShapeConfig:
 
 
 @dataclass
+class SubgraphPrecisionConfig:
+    """Per-subgraph precision (Config.exp_specify_tensorrt_subgraph_precision): the TensorRT subgraphs holding any
+    of these weights (parameter names) run at that precision, the others at runtime.precision."""
+
+    fp16: list[str] = field(default_factory=list)
+    int8: list[str] = field(default_factory=list)
+    bf16: list[str] = field(default_factory=list)
+
+    def __bool__(self) -> bool:
+        return bool(self.fp16 or self.int8 or self.bf16)
+
+
+@dataclass
 class TrtConfig:
     """Paddle-TRT subgraph engine settings."""
 
@@ -100,6 +113,28 @@ class TrtConfig:
     cache_dir: Optional[Path] = None
     dynamic_shape: DynamicShapeConfig = field(default_factory=DynamicShapeConfig)
     disabled_ops: list[str] = field(default_factory=list)
+    # INT8 by TensorRT's implicit calibration (a table, use_calib_mode) or explicit quantization (a Q/DQ model,
+    # enable_tensorrt_explicit_quantization). auto: explicit on TensorRT >= 10.1, which deprecated implicit
+    # calibration (TensorRT 11 removed it), implicit below.
+    int8_mode: Literal["auto", "implicit", "explicit"] = "auto"
+    use_cuda_graph: bool = False  # capture each engine's launch in a CUDA graph (fixed input shapes)
+    optimization_level: Optional[int] = None  # set_tensorrt_optimization_level, 0-5 (TensorRT's default: 3)
+    memory_sharing: bool = False  # enable_tensorrt_memory_optim: engines of the predictor share one workspace
+    memory_sharing_id: int = 0  # ...and predictors with the same id > 0 share it too (sharing_identifier)
+    subgraph_precision: SubgraphPrecisionConfig = field(default_factory=SubgraphPrecisionConfig)
+    low_precision_io: bool = False  # enable_low_precision_io: FP16/INT8 engines take and give FP16 tensors
+    inspector: bool = False  # enable_tensorrt_inspector: log each engine's layers with the precision they run in
+    inspector_serialize: bool = False  # ...also for engines loaded from the use_static cache
+
+    def __post_init__(self) -> None:
+        if self.optimization_level is not None and not 0 <= self.optimization_level <= 5:
+            raise ValueError(f"'runtime.trt.optimization_level' must be 0-5 (TensorRT's builder optimization level; "
+                             f"3 is its default), got {self.optimization_level}")
+        if self.memory_sharing_id < 0:
+            raise ValueError(f"'runtime.trt.memory_sharing_id' must be >= 0, got {self.memory_sharing_id}")
+        if self.memory_sharing_id and not self.memory_sharing:
+            raise ValueError("'runtime.trt.memory_sharing_id' is set but 'runtime.trt.memory_sharing' is false; "
+                             "set memory_sharing: true")
 
 
 @dataclass

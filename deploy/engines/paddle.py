@@ -70,8 +70,24 @@ def _configure_trt(config: Any, plan: PredictorPlan) -> None:
         precision_mode=_precision_enum(plan.precision),
         use_static=trt.use_static,
         use_calib_mode=plan.use_calib_mode,
-        use_cuda_graph=False,
+        use_cuda_graph=trt.use_cuda_graph,
     )
+    if plan.explicit_quantization:  # INT8 from the model's Q/DQ ops: no calibrator, no dynamic ranges
+        config.enable_tensorrt_explicit_quantization()
+    if trt.optimization_level is not None:
+        config.set_tensorrt_optimization_level(trt.optimization_level)
+    if trt.memory_sharing:
+        config.enable_tensorrt_memory_optim(engine_memory_sharing=True, sharing_identifier=trt.memory_sharing_id)
+        if trt.memory_sharing_id:  # Paddle refuses to share between predictors on the old executor
+            config.enable_new_executor(True)
+    if trt.subgraph_precision:  # positional: Paddle binds these three lists without names (fp16, int8, bf16)
+        precision = trt.subgraph_precision
+        config.exp_specify_tensorrt_subgraph_precision(list(precision.fp16), list(precision.int8),
+                                                       list(precision.bf16))
+    if trt.low_precision_io:
+        config.enable_low_precision_io(x=True)
+    if trt.inspector:
+        config.enable_tensorrt_inspector(inspector_serialize=trt.inspector_serialize)
     disabled = list(trt.disabled_ops)
     if plan.fp32_tensors:
         layers = trt_fp32_layer_names(plan)
@@ -94,7 +110,10 @@ def _configure_trt(config: Any, plan: PredictorPlan) -> None:
 
 def _configure_gpu(config: Any, plan: PredictorPlan) -> None:
     rt = plan.runtime
-    native_precision = "fp16" if plan.backend == "paddle" and plan.precision == "fp16" else "fp32"
+    # FP16 engines with FP16 inputs and outputs (low_precision_io) need Paddle's GPU mixed precision on: Paddle
+    # refuses enable_low_precision_io otherwise (EnableLowPrecisionIO, analysis_config.cc).
+    half = plan.backend == "paddle" or (plan.backend == "trt" and rt.trt.low_precision_io)
+    native_precision = "fp16" if half and plan.precision == "fp16" else "fp32"
     # enable_use_gpu must come before enable_tensorrt_engine, or Paddle silently leaves TensorRT off.
     config.enable_use_gpu(memory_pool_init_size_mb=rt.gpu_mem_mb, device_id=rt.gpu_id,
                           precision_mode=_precision_enum(native_precision))

@@ -10,13 +10,17 @@ from typing import Any, Literal, Optional
 from deploy import cache
 from deploy.config.loader import DeployConfig, DynamicShapeConfig, RuntimeConfig
 from deploy.engines.model import ModelFiles, ModelInfo, ensure_model, inspect_model
-from deploy.env import Environment, default_device, probe, support_reason
+from deploy.env import (EXPLICIT_FROM, IMPLICIT_DEPRECATED, IMPLICIT_REMOVED, Environment, default_device, probe,
+                        support_reason, trt_int8_path)
 from deploy.errors import CalibrationError, ConfigError, DataError, ModelError, UnsupportedError
 
 log = logging.getLogger(__name__)
 SHAPES_MANIFEST_TARGET = "shapes"
+# The TensorRT explicit-quantization model tools/calibrate.py writes (<model dir>/_opt_cache/int8_trt_qdq), and the
+# tuned shape ranges beside it: the model's own, plus its Q/DQ tensors.
+TRT_EXPLICIT_TARGET = "trt_explicit"
+QDQ_SHAPE_FILE = "shape_range_info.pbtxt"
 
-# How INT8 gets its scales: Paddle-TRT calibrating now, Paddle-TRT reading a table, or a quantized model.
 # How INT8 gets its scales: Paddle-TRT calibrating now, Paddle-TRT reading a table, or a quantized model.
 Int8Mode = Literal["calibrate", "table", "quantized"]
 
@@ -35,6 +39,9 @@ class PredictorPlan:
     fixed_image_shape: bool = False  # model.input_shape is set: every image is preprocessed to one [C, H, W]
     # Paddle-TRT calibrating or reading a table: calibration.skip_tensors, whose layers stay out of TensorRT (FP32)
     fp32_tensors: tuple[str, ...] = ()
+    # TensorRT INT8 from the Q/DQ ops of a quantized model (enable_tensorrt_explicit_quantization)
+    explicit_quantization: bool = False
+    trt_shapes: Optional[Path] = None  # tuned shape ranges of this model when not the config's (the Q/DQ model's)
 
     @property
     def use_calib_mode(self) -> bool:
@@ -42,6 +49,7 @@ class PredictorPlan:
 
     def describe(self) -> str:
         extra = f", int8 from {self.int8_mode}" if self.int8_mode else ""
+        extra += " (explicit quantization)" if self.explicit_quantization else ""
         return f"{self.device}/{self.backend}/{self.precision}{extra} ({self.model.program})"
 
 
@@ -72,13 +80,42 @@ def resolve_plan(cfg: DeployConfig, *, env: Optional[Environment] = None, quiet:
             log.warning("%s is a quantized model but precision is %s: its fake-quant ops will run in %s; "
                         "use --precision int8 for INT8 speed", files.program, rt.precision, rt.precision)
         return plan
+    explicit = rt.backend == "trt" and trt_int8(cfg, env) == "explicit"
     if info.quantized:
-        return replace(plan, int8_mode="quantized")
+        return replace(plan, int8_mode="quantized", explicit_quantization=explicit)
+    if explicit:
+        qdq, shapes = trt_explicit_artifacts(cfg, plan)
+        return replace(plan, model=qdq, int8_mode="quantized", explicit_quantization=True, trt_shapes=shapes)
     int8_files, mode = int8_artifacts(cfg, plan, calibrating=calibrating)
     # The calibration run and INT8 inference from its table keep the same layers out of TensorRT, so both build
     # the same subgraphs (Paddle-TRT finds a table by its subgraph's tensor names).
     fp32 = tuple(cfg.calibration.skip_tensors) if mode in ("calibrate", "table") else ()
     return replace(plan, model=int8_files, int8_mode=mode, fp32_tensors=fp32)
+
+
+_warned: set[str] = set()
+
+
+def trt_int8(cfg: DeployConfig, env: Optional[Environment] = None) -> str:
+    """The TensorRT INT8 path runtime.trt.int8_mode picks on this TensorRT runtime: implicit (calibration, Paddle-TRT
+    dynamic ranges) or explicit (Q/DQ). Implicit on TensorRT >= 11 is refused; on 10.1-10.x it is warned about."""
+    env = env or probe()
+    path = trt_int8_path(cfg.runtime.trt.int8_mode, env)
+    version = env.trt_runtime_version
+    if path == "explicit" and (0, 0, 0) < version < EXPLICIT_FROM:
+        raise UnsupportedError(f"runtime.trt.int8_mode is explicit, but Paddle-TRT converts quantize_linear / "
+                               f"dequantize_linear only from TensorRT 8.5.1 on, and this is "
+                               f"{'.'.join(map(str, version))}; use -o runtime.trt.int8_mode=implicit (or auto)")
+    if path == "implicit" and version >= IMPLICIT_REMOVED:
+        raise UnsupportedError(f"runtime.trt.int8_mode is implicit, but TensorRT {'.'.join(map(str, version))} removed "
+                               "implicit INT8 calibration (11.0); use -o runtime.trt.int8_mode=explicit (or auto), "
+                               f"after: python tools/calibrate.py -c {cfg.source} -o runtime.trt.int8_mode=explicit")
+    if path == "implicit" and version >= IMPLICIT_DEPRECATED and "implicit" not in _warned:
+        _warned.add("implicit")
+        log.warning("runtime.trt.int8_mode is implicit on TensorRT %s, which deprecated implicit INT8 calibration "
+                    "(10.1) and removes it in 11.0; switch to runtime.trt.int8_mode: explicit (or auto)",
+                    ".".join(map(str, version)))
+    return path
 
 
 def _qat_command(cfg: DeployConfig) -> Optional[str]:
@@ -100,7 +137,22 @@ def check_input_shape(expected: Optional[list[int]], info: ModelInfo) -> None:
                          "or model.dir")
 
 
+def _check_trt_knobs(rt: RuntimeConfig) -> None:
+    """Paddle-TRT knob combinations Paddle refuses or ignores (read in Paddle's source: analysis_config.cc,
+    tensorrt_subgraph_pass.cc, paddle_analysis_config.h)."""
+    trt = rt.trt
+    if trt.low_precision_io and rt.precision != "fp16":
+        raise ConfigError(f"runtime.trt.low_precision_io makes FP16 engines take and give FP16 tensors; with "
+                          f"precision {rt.precision} Paddle ignores it (auto_mixed_precision_pass): use --precision "
+                          "fp16 or set it false")
+    if trt.use_cuda_graph and trt.dynamic_shape.mode != "off":
+        raise ConfigError("runtime.trt.use_cuda_graph needs fixed input shapes, batch included (Paddle's "
+                          "enable_tensorrt_engine docs), and runtime.trt.dynamic_shape.mode is "
+                          f"{trt.dynamic_shape.mode}; set one of them off")
+
+
 def _check_trt_model(cfg: DeployConfig, plan: PredictorPlan, info: ModelInfo) -> None:
+    _check_trt_knobs(cfg.runtime)
     if plan.model.format == "pir":
         raise ModelError(f"{plan.model.program} is a PIR (.json) program, but Paddle-TRT (enable_tensorrt_engine) "
                          "needs the classic .pdmodel format: export it with FLAGS_enable_pir_api=0 set before "
@@ -170,9 +222,9 @@ def format_shape(dims: list[int]) -> str:
 
 
 def shape_file(plan: PredictorPlan) -> Path:
-    """Where TRT shape ranges are collected to and read from."""
+    """Where TRT shape ranges are collected to and read from (the Q/DQ model's: beside it)."""
     configured = plan.runtime.trt.dynamic_shape.shape_file
-    return configured or plan.model.dir / "_opt_cache" / "shape_range_info.pbtxt"
+    return plan.trt_shapes or configured or plan.model.dir / "_opt_cache" / "shape_range_info.pbtxt"
 
 def check_shape_file(cfg: DeployConfig, plan: "PredictorPlan") -> Path:
     """For tuned dynamic shapes: the shape file must exist and, when we collected it, match the model."""
@@ -200,6 +252,29 @@ def trt_table_dir(plan: PredictorPlan) -> Path:
 def engine_cache_dir(plan: PredictorPlan) -> Path:
     """Where Paddle-TRT reads and writes serialized engines (use_static): the same dir as its tables."""
     return trt_table_dir(plan)
+
+
+def trt_explicit_artifacts(cfg: DeployConfig, plan: PredictorPlan) -> tuple[ModelFiles, Optional[Path]]:
+    """The Q/DQ model tools/calibrate.py wrote for TensorRT explicit quantization, after checking it is fresh, and
+    (tuned dynamic shapes) its shape ranges, derived from the model's: stale when those were collected again."""
+    entry = cache.read_manifest(plan.model)["targets"].get(TRT_EXPLICIT_TARGET)
+    if entry is None:
+        raise CalibrationError(
+            f"INT8 on TensorRT by explicit quantization needs a Q/DQ model, and {plan.model.dir} has none; run: "
+            f"{cache.calibrate_command(cfg)} (it runs on the CPU too), or point model.dir at a PaddleSlim-quantized "
+            "model (runtime.trt.int8_mode: implicit calibrates a table instead, on TensorRT < 11)")
+    cache.check_fresh(entry, plan.model, cfg, TRT_EXPLICIT_TARGET)
+    paths = cache.check_artifacts(entry, cfg)
+    program = next(p for p in paths if p.suffix == ".pdmodel")
+    shapes = None
+    if cfg.runtime.trt.dynamic_shape.mode == "tuned":
+        source = entry.get("shape_source")
+        now = check_shape_file(cfg, plan)
+        if source is None or cache.sha256_file(now) != source["sha256"]:
+            raise CalibrationError(f"the TensorRT Q/DQ model's shape ranges are stale: {now} was collected again (or "
+                                   f"not used) since {entry.get('created', 'calibration')}; {cache.rerun_hint(cfg)}")
+        shapes = program.parent / QDQ_SHAPE_FILE
+    return ModelFiles(program, program.with_suffix(".pdiparams")), shapes
 
 
 def int8_artifacts(cfg: DeployConfig, plan: PredictorPlan, *, calibrating: bool) -> tuple[ModelFiles, Int8Mode]:

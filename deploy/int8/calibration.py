@@ -11,6 +11,7 @@ import contextlib
 import dataclasses
 import io
 import logging
+import re
 import shutil
 import time
 from dataclasses import dataclass, replace
@@ -29,10 +30,12 @@ from deploy.errors import CalibrationError, ConfigError, DataError, UnsupportedE
 from deploy.engines.model import LAYER_OPS, ModelFiles, ensure_model, inspect_model, quant_scales, tensor_readers
 from deploy.engines.openvino import read_program, write_ir
 from deploy.engines.paddle import Predictor, native_stderr_to_log
-from deploy.engines.plan import PredictorPlan, resolve_plan, shape_file, trt_table_dir
+from deploy.engines.plan import (QDQ_SHAPE_FILE, TRT_EXPLICIT_TARGET, PredictorPlan, check_shape_file, resolve_plan,
+                                 shape_file, trt_int8, trt_table_dir)
 from deploy.data.pipeline import ImagePipeline, ops_fingerprint
 from deploy.int8.check import (WARN_POINTS, Scorer, candidate_plan, check_line, fp32_plan, load_check_set,
                                 reference_scorer)
+from deploy.int8.layers import QuantizedModel
 from deploy.int8.search import RANK_IMAGES, Trial, search_layers
 from deploy.tasks.base import Task
 from deploy.tasks.registry import build_task
@@ -172,14 +175,29 @@ def _manifest_entry(cfg: DeployConfig, files: ModelFiles, calib: CalibrationSet,
     }
 
 
-def _target(cfg: DeployConfig) -> tuple[str, str]:
-    """(device, backend) the calibration is for, after checking INT8 can run there."""
+def _target(cfg: DeployConfig) -> str:
+    """What the calibration writes (a key of _TARGETS), after checking it can be made here: TensorRT's Q/DQ model
+    (explicit quantization) is written by PaddleSlim on the CPU, every other INT8 calibration needs its engine."""
     env = probe()
+    backend = cfg.runtime.backend
+    if backend == "trt" and trt_int8(cfg, env) == "explicit":
+        return TRT_EXPLICIT_TARGET
     device = default_device(env) if cfg.runtime.device == "auto" else cfg.runtime.device
-    reason = support_reason(env, device, cfg.runtime.backend, "int8")
+    reason = support_reason(env, device, backend, "int8")
     if reason:
-        raise UnsupportedError(f"cannot calibrate for {device}/{cfg.runtime.backend}/int8 here: {reason}")
-    return device, cfg.runtime.backend
+        hint = ("; TensorRT's explicit-quantization (Q/DQ) model needs no GPU to make: add -o "
+                "runtime.trt.int8_mode=explicit" if backend == "trt" else "")
+        raise UnsupportedError(f"cannot calibrate for {device}/{backend}/int8 here: {reason}{hint}")
+    return backend
+
+
+def _check_config(cfg: DeployConfig, key: str) -> DeployConfig:
+    """The config the check and the search run: TensorRT's Q/DQ model is scored on the CPU with oneDNN INT8, the
+    same on every machine (TensorRT's own INT8 kernels are measured by tools/eval.py on the GPU)."""
+    if key != TRT_EXPLICIT_TARGET:
+        return cfg
+    runtime = replace(cfg.runtime, device="cpu", backend="paddle", paddle=replace(cfg.runtime.paddle, onednn=True))
+    return replace(cfg, runtime=runtime)
 
 
 def calibrate(cfg: DeployConfig, *, images: Optional[str] = None, num_images: Optional[int] = None,
@@ -191,31 +209,39 @@ def calibrate(cfg: DeployConfig, *, images: Optional[str] = None, num_images: Op
     if num_images is not None and num_images < 1:
         raise ConfigError(f"--num-images {num_images}: expected a positive number of calibration images, e.g. 500")
     cfg = replace(cfg, runtime=replace(cfg.runtime, precision="int8"))
-    device, backend = _target(cfg)
-    if backend == "trt" and cfg.calibration.max_drop is not None:
-        raise ConfigError("--max-drop searches on the CPU engines (runtime.backend paddle or openvino); calibrate "
-                          "there with --max-drop, then put the calibration.skip_tensors it prints in this config: "
-                          "Paddle-TRT keeps those layers out of TensorRT")
+    key = _target(cfg)
+    if key == "trt" and cfg.calibration.max_drop is not None:
+        raise ConfigError("--max-drop searches on a quantized model: for TensorRT add -o runtime.trt.int8_mode=explicit "
+                          "(a Q/DQ model), or calibrate on a CPU engine with --max-drop and put the "
+                          "calibration.skip_tensors it prints in this config (Paddle-TRT keeps those layers out of "
+                          "TensorRT)")
     files = ensure_model(cfg.model, quiet=quiet)
     _check_calibratable(cfg, files)
-    destination, produce = _TARGETS[backend]
+    if key == TRT_EXPLICIT_TARGET and cfg.runtime.trt.dynamic_shape.mode == "tuned":
+        # The Q/DQ model's shape ranges are derived from the model's: collected first, as for implicit calibration.
+        check_shape_file(cfg, PredictorPlan("gpu", "trt", "int8", files, cfg.runtime))
+    destination, produce = _TARGETS[key]
     # Everything that can fail is checked before the long work: where the artifacts go, the manifest.
     final = destination(cfg, files, output_dir, images)
     cache.prepare_install(files, final)
     calib = load_calibration_set(cfg, source=images, num_images=num_images, allow_fewer=allow_fewer, quiet=quiet)
     start = time.perf_counter()
-    if backend == "trt":  # Paddle-TRT reads its table from beside the model: checked once installed
+    if key == "trt":  # Paddle-TRT reads its table from beside the model: checked once installed
         result = _calibrate_trt(cfg, files, calib, final, quiet)
         result.seconds = time.perf_counter() - start
         if check:
             result.lines = _check(cfg, files, calib, None, final, quiet).lines
         return result
-    target, kind = _KINDS[backend]
+    target, kind = _KINDS[key]
     manifest = cache.manifest_path(files)
     with cache.staged_dir(final, kind) as staged:
         produced = produce(cfg, files, calib, staged, final, quiet)
         seconds = time.perf_counter() - start
-        checked = _check(cfg, files, calib, produced, final, quiet) if check else Checked([], {})
+        checked = (_check(_check_config(cfg, key), files, calib, produced, final, quiet) if check
+                   else Checked([], {}))
+        if checked.lines and key == TRT_EXPLICIT_TARGET:
+            checked.lines.append("(the TensorRT Q/DQ model is checked on the CPU with oneDNN INT8, from the same Q/DQ "
+                                 "scales; on the GPU, tools/eval.py scores TensorRT's INT8)")
         if not checked.installable:
             raise CalibrationError(checked.refusal)
         entry = {**produced.entry, **checked.record}
@@ -289,7 +315,7 @@ def _check_calibratable(cfg: DeployConfig, files: ModelFiles) -> None:
                                "paddle is imported")
     # A layer is named by its weight, or (a matmul of two activations) by an input only it reads.
     readers = tensor_readers(files, [n for n in cfg.calibration.skip_tensors if n not in info.weights])
-    unknown = [name for name, uses in readers.items() if not any(use.op_type in LAYER_OPS for use in uses)]
+    unknown = [name for name, uses in readers.items() if not any(use.type in LAYER_OPS for use in uses)]
     if unknown:
         raise ConfigError(f"calibration.skip_tensors: '{unknown[0]}' is neither a weight nor an input of a conv / "
                           f"matmul of {files.program}; "
@@ -472,7 +498,7 @@ def _restore_cpu(cfg: DeployConfig, files: ModelFiles, calib: CalibrationSet, pr
     finally:
         shutil.rmtree(scratch, ignore_errors=True)
     model.save(found.best.fp32, produced.model.dir)
-    produced.artifacts = _write_scales(produced.model)
+    produced.artifacts = list(dict.fromkeys(_write_scales(produced.model) + produced.artifacts))  # + shape ranges
     kept = found.kept_fp32()
     produced.entry["fp32_tensors"] = produced.entry["fp32_tensors"] + [layer.name for layer in kept]
     produced.entry["artifacts"]["files"] = cache.artifact_fingerprint(produced.artifacts)
@@ -482,6 +508,79 @@ def _restore_cpu(cfg: DeployConfig, files: ModelFiles, calib: CalibrationSet, pr
             "kept_fp32_layers": [layer.to_json() for layer in kept], "trials": found.trials,
             "seconds": round(found.seconds, 1), "sensitivity": found.sensitivity, "op_types": found.op_types,
             "config_line": f"calibration.skip_tensors: [{', '.join(skip)}]"}
+
+
+# ---------------------------------------------------------------- TensorRT: a Q/DQ model for explicit quantization
+
+
+def trt_qdq_dir(files: ModelFiles, output_dir: Optional[Path] = None) -> Path:
+    """Where the TensorRT Q/DQ model goes: --output-dir, else <model dir>/_opt_cache/int8_trt_qdq."""
+    return output_dir or cache.opt_cache_dir(files) / "int8_trt_qdq"
+
+
+def _trt_qdq_destination(cfg: DeployConfig, files: ModelFiles, output_dir: Optional[Path],
+                         images: Optional[str]) -> Path:
+    return _check_replaceable(cfg, files, images, trt_qdq_dir(files, output_dir).absolute(),
+                              "--output-dir" if output_dir else "_opt_cache/int8_trt_qdq", ())
+
+
+def trt_qdq_settings(settings: CalibrationConfig) -> CalibrationConfig:
+    """PaddleSlim PTQ settings for the Q/DQ placement TensorRT expects: quantize_linear / dequantize_linear on the
+    inputs of conv / matmul ops only (weights per channel, activations per tensor), none after other ops, which
+    TensorRT fuses or runs in INT8 where it can on its own."""
+    op_types = [op for op in settings.quantize_op_types if op in LAYER_OPS]
+    if not op_types:
+        raise ConfigError(f"calibration.quantize_op_types {settings.quantize_op_types} has no conv / matmul op type, "
+                          f"and TensorRT's Q/DQ model quantizes only those; add some of {sorted(LAYER_OPS)}")
+    return replace(settings, quantize_op_types=op_types, observe_all_ops=False)
+
+
+_SHAPE_ENTRY = re.compile(r'shape_range_info\s*\{[^{}]*?name:\s*"([^"]*)"[^{}]*\}')
+
+
+def _qdq_shape_ranges(source: Path, quantized: ModelFiles, out: Path) -> None:
+    """The model's tuned shape ranges plus one per tensor the Q/DQ ops add (each the shape of the tensor it
+    quantizes), so TensorRT finds every tensor of the Q/DQ model in the file."""
+    text = source.read_text()
+    bodies = {m.group(1): m.group(0) for m in _SHAPE_ENTRY.finditer(text)}
+    added: dict[str, str] = {}
+    frontier = list(bodies)
+    while frontier:  # a dequantize_linear reads a quantize_linear's output: two rounds
+        readers = tensor_readers(quantized, frontier)
+        frontier = []
+        for name, uses in readers.items():
+            for use in uses:
+                if use.type in ("quantize_linear", "dequantize_linear") and use.slot == "X":
+                    for quantized_name in use.outputs.get("Y", ()):
+                        if quantized_name not in bodies and quantized_name not in added:
+                            body = bodies.get(name) or added[name]
+                            added[quantized_name] = body.replace(f'"{name}"', f'"{quantized_name}"', 1)
+                            frontier.append(quantized_name)
+    cache.atomic_write_text(out, text.rstrip("\n") + "\n" + "".join(body + "\n" for body in added.values()))
+    log.info("shape ranges for the Q/DQ model: %d tensors of %s plus %d Q/DQ outputs", len(bodies), source,
+             len(added))
+
+
+def _produce_trt_qdq(cfg: DeployConfig, files: ModelFiles, calib: CalibrationSet, staged: Path, final: Path,
+                     quiet: bool) -> Produced:
+    """PaddleSlim PTQ (onnx_format) into a Q/DQ model for enable_tensorrt_explicit_quantization; with tuned dynamic
+    shapes, its shape ranges beside it."""
+    settings = trt_qdq_settings(cfg.calibration)
+    skip = list(cfg.calibration.skip_tensors)
+    _quantize_post_static(files, calib, settings, staged, quiet, skip)
+    quantized = QuantizedModel(ModelFiles(staged / "inference.pdmodel", staged / "inference.pdiparams"),
+                               files).save((), staged, layer_inputs_only=True)
+    artifacts = _write_scales(quantized)
+    extra: dict = {}
+    if cfg.runtime.trt.dynamic_shape.mode == "tuned":
+        source = check_shape_file(cfg, PredictorPlan("gpu", "trt", "int8", files, cfg.runtime))
+        _qdq_shape_ranges(source, quantized, staged / QDQ_SHAPE_FILE)
+        artifacts.append(staged / QDQ_SHAPE_FILE)
+        extra["shape_source"] = {"path": str(source), "sha256": cache.sha256_file(source)}
+    entry = {**_manifest_entry(cfg, files, calib, TRT_EXPLICIT_TARGET, settings.algo, "paddle-ptq-trt-qdq", final,
+                               artifacts),
+             "fp32_tensors": skip, "quantize_op_types": settings.quantize_op_types, **extra}
+    return Produced(quantized, artifacts, entry)
 
 
 # ---------------------------------------------------------------- OpenVINO: NNCF post-training quantization
@@ -637,8 +736,9 @@ def _node_type(model: Any, name: str) -> str:
 
 
 # backend -> (where its artifacts go, checked before the work; the calibration that writes them there)
-_TARGETS = {"trt": (_trt_destination, _calibrate_trt), "openvino": (_openvino_destination, _produce_openvino),
-            "paddle": (_cpu_destination, _produce_cpu)}
-# backend -> (manifest target, staged folder kind); backend -> what restores FP32 layers within a budget
-_KINDS = {"openvino": ("openvino", "int8_openvino"), "paddle": ("cpu", "int8_cpu")}
+_TARGETS = {"trt": (_trt_destination, _calibrate_trt), TRT_EXPLICIT_TARGET: (_trt_qdq_destination, _produce_trt_qdq),
+            "openvino": (_openvino_destination, _produce_openvino), "paddle": (_cpu_destination, _produce_cpu)}
+# -> (manifest target, staged folder kind); the check's backend -> what restores FP32 layers within a budget
+_KINDS = {"openvino": ("openvino", "int8_openvino"), "paddle": ("cpu", "int8_cpu"),
+          TRT_EXPLICIT_TARGET: (TRT_EXPLICIT_TARGET, "int8_trt_qdq")}
 _RESTORERS = {"openvino": _restore_openvino, "paddle": _restore_cpu}

@@ -112,8 +112,11 @@ class QuantizedModel:
             layers.append(Layer(name, op.type, tuple(op.output_arg_names), index))
         return layers
 
-    def save(self, keep_fp32: Collection[str], out_dir: Path) -> ModelFiles:
-        """Write the model with the layers named in ``keep_fp32`` in FP32 to ``out_dir``/inference.*."""
+    def save(self, keep_fp32: Collection[str], out_dir: Path, *, layer_inputs_only: bool = False) -> ModelFiles:
+        """Write the model with the layers named in ``keep_fp32`` in FP32 to ``out_dir``/inference.*. With
+        ``layer_inputs_only``, Q/DQ pairs stay only on the inputs of quantized layers: the ones PaddleSlim adds on
+        other ops' inputs (its output scales, e.g. between a conv and its bias add) are bypassed, the placement
+        TensorRT's explicit quantization expects (NVIDIA: quantize the inputs of weighted layers, not outputs)."""
         import paddle
 
         keep = set(keep_fp32)
@@ -133,6 +136,8 @@ class QuantizedModel:
                     if origin == name:
                         continue
                     op._rename_input(name, self._fp32_weight(block, origin) if is_weight else origin)
+            if layer_inputs_only:
+                self._bypass_other_qdq(block, producers)
             feeds = [block.var(name) for name in self._feeds]
             fetches = [block.var(var.name) for var in self._fetches]
             exe = paddle.static.Executor(paddle.CPUPlace())
@@ -141,6 +146,19 @@ class QuantizedModel:
             paddle.static.save_inference_model(str(out_dir / "inference"), feeds, fetches, exe, program=program,
                                                clip_extra=False)
         return ModelFiles(out_dir / "inference.pdmodel", out_dir / "inference.pdiparams")
+
+    def _bypass_other_qdq(self, block: Any, producers: dict[str, Any]) -> None:
+        """Every op input that reads an activation through a Q/DQ pair, other than a layer's quantized slots, reads
+        the activation itself (saving then prunes the pairs nothing reads any more)."""
+        for op in block.ops:
+            layer_slots = QUANT_SLOTS.get(op.type, ())
+            for slot in op.input_names:
+                if slot in layer_slots:
+                    continue
+                for name in op.input(slot):
+                    origin, is_weight = self._origin(name, producers)
+                    if origin != name and not is_weight:
+                        op._rename_input(name, origin)
 
     def _fp32_weight(self, block: Any, weight: str) -> str:
         """The name of ``weight``'s FP32 value (the FP32 model's tensor), added to the block and scope once."""

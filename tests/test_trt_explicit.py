@@ -1,0 +1,234 @@
+"""TensorRT INT8 by explicit quantization (runtime.trt.int8_mode), the INT8 path chosen by the TensorRT version, and
+the Paddle-TRT knobs. The Q/DQ model is built and scored for real on this CPU (PaddleSlim, oneDNN INT8); the
+TensorRT predictor configs are contract-tested (recorded Config calls bound to the installed Paddle's signatures):
+there is no GPU or TensorRT here, and no test pretends a TensorRT run happened."""
+import json
+import logging
+import shutil
+
+import pytest
+from paddle.inference import PrecisionType
+
+from conftest import ROOT, error_line, run_tool, write_config
+from deploy.config.loader import load_config
+from deploy.engines import plan as plan_mod
+from deploy.engines.model import LAYER_OPS, ModelFiles, _read_program_desc, inspect_model, tensor_readers
+from deploy.engines.paddle import build_predictor_config
+from deploy.env import format_env, capability_rows, trt_int8_reasons
+from deploy.errors import ConfigError, UnsupportedError
+from deploy.int8 import calibration as calibration_mod
+from paddle_signatures import RecordingConfig
+from test_predictor_contract import assert_every_call_binds, gpu_env
+
+TRT_INT8 = ROOT / "configs" / "lenet_mnist_trt-int8.yml"
+
+
+@pytest.fixture(scope="module")
+def qdq(lenet, tmp_path_factory):
+    """A LeNet copy whose TensorRT Q/DQ model was made by the README's command (on this CPU)."""
+    root = tmp_path_factory.mktemp("qdq")
+    shutil.copytree(lenet / "inference", root / "model", ignore=shutil.ignore_patterns("_opt_cache"))
+    cfg = write_config(root / "trt.yml", f"_base_: {TRT_INT8}\nmodel:\n  dir: {root / 'model'}\n  build: null\n")
+    result = run_tool("calibrate", "-c", cfg, "-o", "runtime.trt.int8_mode=explicit", "--device", "cpu", "--quiet",
+                      check=True)
+    qdq_dir = root / "model" / "_opt_cache" / "int8_trt_qdq"
+    return {"cfg": cfg, "model": root / "model", "dir": qdq_dir, "stdout": result.stdout,
+            "files": ModelFiles(qdq_dir / "inference.pdmodel", qdq_dir / "inference.pdiparams")}
+
+
+def record(cfg, env, **kw):
+    plan = plan_mod.resolve_plan(cfg, env=env, quiet=True, **kw)
+    return plan, build_predictor_config(plan, config_cls=RecordingConfig)
+
+
+def test_explicit_calibration_writes_a_qdq_model_for_tensorrt(qdq):
+    assert "calibrated trt_explicit INT8 from 500 images" in qdq["stdout"]
+    entry = json.loads((qdq["model"] / "_opt_cache" / "calibration.json").read_text())["targets"]["trt_explicit"]
+    assert entry["artifacts"]["dir"] == str(qdq["dir"]) and entry["backend"] == "paddle-ptq-trt-qdq"
+    assert entry["num_images"] == 500 and set(entry["artifacts"]["files"]) == {
+        "inference.pdmodel", "inference.pdiparams", "scales.json"}
+    counts = inspect_model(qdq["files"]).quant_op_counts
+    assert counts.get("quantize_linear", 0) > 0 and counts.get("dequantize_linear", 0) > 0
+    # TensorRT's placement: every Q/DQ pair feeds a conv / matmul (weights and activations), nothing else.
+    ops = _read_program_desc(qdq["files"].program).blocks[0].ops
+    dq_outputs = [name for op in ops if op.type == "dequantize_linear" for out in op.outputs for name in out.arguments
+                  if out.parameter == "Y"]
+    readers = tensor_readers(qdq["files"], dq_outputs)
+    assert dq_outputs and all(uses and all(use.type in LAYER_OPS for use in uses) for uses in readers.values())
+    # The check ran the Q/DQ model on this CPU (oneDNN INT8) against FP32 on 200 labelled training digits.
+    assert entry["check"]["images"] == 200 and entry["check"]["drop_points"] <= 0.5
+    assert "checked on the CPU with oneDNN INT8" in qdq["stdout"]
+
+
+def test_qdq_model_scores_like_fp32_on_the_cpu(qdq, tmp_path):
+    """The acceptance: the Q/DQ model, run as a quantized model with oneDNN INT8, within 0.5 point of FP32 top-1."""
+    run_tool("eval", "-c", ROOT / "configs" / "lenet_mnist.yml", "--precisions", "fp32",
+             "--variant", f"qdq=model.dir={qdq['dir']},model.build=null,runtime.precision=int8",
+             "--limit", "500", "--output-dir", tmp_path, "--quiet", check=True)
+    results = json.loads((tmp_path / "report.json").read_text())["accuracy"]["results"]
+    top1 = {run["label"]: run["top1"] for run in results}
+    assert top1["fp32"] > 0.95 and top1["fp32"] - top1["qdq"] <= 0.005
+
+
+def test_explicit_plan_builds_int8_from_the_qdq_model_without_calibration(qdq):
+    cfg = load_config(qdq["cfg"])
+    for env, calibrating in ((gpu_env((10, 5, 0)), False), (gpu_env((11, 4, 0)), True)):
+        plan, rec = record(cfg, env, calibrating=calibrating)
+        assert plan.explicit_quantization and plan.model.program == qdq["files"].program
+        assert_every_call_binds(rec)
+        trt = rec.call("enable_tensorrt_engine").arguments
+        assert trt["precision_mode"] == PrecisionType.Int8 and trt["use_calib_mode"] is False
+        names = rec.names()
+        assert names.index("enable_use_gpu") < names.index("enable_tensorrt_engine") < names.index(
+            "enable_tensorrt_explicit_quantization")
+    # explicit asked for on a TensorRT that still has implicit calibration: explicit all the same
+    plan, rec = record(load_config(qdq["cfg"], ["runtime.trt.int8_mode=explicit"]), gpu_env((8, 6, 1)))
+    assert rec.call("enable_tensorrt_engine").arguments["use_calib_mode"] is False
+    assert "enable_tensorrt_explicit_quantization" in rec.names()
+
+
+@pytest.mark.parametrize("version,path", [((8, 6, 1), "implicit"), ((10, 0, 1), "implicit"), ((10, 1, 0), "explicit"),
+                                          ((11, 4, 0), "explicit"), ((0, 0, 0), "implicit")])
+def test_auto_picks_the_path_by_tensorrt_runtime_version(lenet, version, path):
+    assert plan_mod.trt_int8(load_config(TRT_INT8), gpu_env(version)) == path
+
+
+def test_implicit_on_tensorrt_11_is_refused_before_any_predictor(lenet_config, monkeypatch):
+    cfg = load_config(lenet_config, ["runtime.backend=trt", "runtime.device=gpu", "runtime.trt.int8_mode=implicit"])
+    monkeypatch.setattr(plan_mod, "probe", lambda: gpu_env((11, 4, 0)))
+    monkeypatch.setattr(calibration_mod, "probe", lambda: gpu_env((11, 4, 0)))
+
+    def no_predictor(plan):
+        raise AssertionError("a predictor was built")
+
+    monkeypatch.setattr(calibration_mod, "Predictor", no_predictor)
+    for run in (lambda: calibration_mod.calibrate(cfg, quiet=True),
+                lambda: plan_mod.resolve_plan(load_config(lenet_config, ["runtime.backend=trt", "runtime.device=gpu",
+                                                                         "runtime.precision=int8",
+                                                                         "runtime.trt.int8_mode=implicit"]))):
+        with pytest.raises(UnsupportedError, match=r"TensorRT 11\.4\.0 removed implicit INT8 calibration \(11\.0\); "
+                                                   r"use -o runtime.trt.int8_mode=explicit") as e:
+            run()
+        assert "\n" not in str(e.value)
+
+
+def test_implicit_on_tensorrt_10_x_warns_and_calibrates(lenet_config, caplog):
+    cfg = load_config(lenet_config, ["runtime.backend=trt", "runtime.device=gpu", "runtime.precision=int8",
+                                     "runtime.trt.int8_mode=implicit"])
+    plan_mod._warned.clear()
+    with caplog.at_level(logging.WARNING):
+        plan, rec = record(cfg, gpu_env((10, 5, 0)), calibrating=True)
+    assert "deprecated implicit INT8 calibration (10.1)" in caplog.text
+    assert rec.call("enable_tensorrt_engine").arguments["use_calib_mode"] is True
+    assert "enable_tensorrt_explicit_quantization" not in rec.names()
+
+
+def test_a_quantized_model_runs_explicit_from_tensorrt_10_1(qdq):
+    """A PaddleSlim Q/DQ model (QAT or PTQ export; here the one calibrate wrote) pointed at by model.dir."""
+    cfg = load_config(TRT_INT8, [f"model.dir={qdq['dir']}", "model.build=null"])
+    plan, rec = record(cfg, gpu_env((10, 5, 0)))
+    assert plan.int8_mode == "quantized" and plan.explicit_quantization
+    assert rec.call("enable_tensorrt_engine").arguments["use_calib_mode"] is False
+    assert "enable_tensorrt_explicit_quantization" in rec.names()
+    plan, rec = record(cfg, gpu_env((10, 0, 1)))  # before 10.1: Paddle-TRT reads the scales as dynamic ranges
+    assert plan.int8_mode == "quantized" and not plan.explicit_quantization
+    assert rec.call("enable_tensorrt_engine").arguments["use_calib_mode"] is False
+    assert "enable_tensorrt_explicit_quantization" not in rec.names()
+
+
+def test_explicit_without_the_qdq_model_says_how_to_make_it(lenet_config):
+    cfg = load_config(lenet_config, ["runtime.backend=trt", "runtime.device=gpu", "runtime.precision=int8",
+                                     "runtime.trt.int8_mode=explicit"])
+    with pytest.raises(Exception, match=r"needs a Q/DQ model, .* run: python tools/calibrate.py -c .* -o "
+                                        r"runtime.trt.int8_mode=explicit \(it runs on the CPU too\)"):
+        record(cfg, gpu_env((10, 5, 0)))
+    result = run_tool("calibrate", "-c", lenet_config, "--backend", "trt", "--device", "cpu", "--quiet")
+    assert result.returncode == 2
+    assert error_line(result).endswith("needs no GPU to make: add -o runtime.trt.int8_mode=explicit")
+
+
+def test_trt_knobs_are_config_keys_bound_in_order(lenet):
+    cfg = load_config(TRT_INT8, [
+        "runtime.precision=fp16", "runtime.trt.use_cuda_graph=true", "runtime.trt.optimization_level=5",
+        "runtime.trt.memory_sharing=true", "runtime.trt.memory_sharing_id=2",
+        "runtime.trt.subgraph_precision={fp16: [conv2d_0.w_0], int8: [], bf16: [linear_0.w_0]}",
+        "runtime.trt.low_precision_io=true", "runtime.trt.inspector=true", "runtime.trt.inspector_serialize=true"])
+    _, rec = record(cfg, gpu_env((10, 5, 0)))
+    assert_every_call_binds(rec)
+    assert rec.call("enable_tensorrt_engine").arguments["use_cuda_graph"] is True
+    assert rec.call("set_tensorrt_optimization_level").arguments["arg0"] == 5
+    memory = rec.call("enable_tensorrt_memory_optim").arguments
+    assert memory["engine_memory_sharing"] is True and memory["sharing_identifier"] == 2
+    precision = rec.call("exp_specify_tensorrt_subgraph_precision").arguments
+    assert (precision["arg0"], precision["arg1"], precision["arg2"]) == (["conv2d_0.w_0"], [], ["linear_0.w_0"])
+    assert rec.call("enable_low_precision_io").arguments["x"] is True
+    # Paddle refuses low-precision I/O unless its GPU mixed precision is on, and sharing across predictors (an id)
+    # unless they run on the new executor
+    assert rec.call("enable_use_gpu").arguments["precision_mode"] == PrecisionType.Half
+    assert rec.call("enable_new_executor").arguments["x"] is True
+    assert rec.call("enable_tensorrt_inspector").arguments["inspector_serialize"] is True
+    names = rec.names()
+    knobs = ["set_tensorrt_optimization_level", "enable_tensorrt_memory_optim", "exp_specify_tensorrt_subgraph_precision",
+             "enable_low_precision_io", "enable_tensorrt_inspector"]
+    assert all(names.index("enable_tensorrt_engine") < names.index(knob) for knob in knobs)
+    _, plain = record(load_config(TRT_INT8, ["runtime.precision=fp16"]), gpu_env((10, 5, 0)))
+    assert not set(knobs + ["enable_new_executor"]) & set(plain.names())
+    assert plain.call("enable_use_gpu").arguments["precision_mode"] == PrecisionType.Float32
+    assert plain.call("enable_tensorrt_engine").arguments["use_cuda_graph"] is False
+
+
+@pytest.mark.parametrize("override,message", [
+    ("runtime.trt.optimization_level=9", "'runtime.trt.optimization_level' must be 0-5"),
+    ("runtime.trt.memory_sharing_id=3", "set memory_sharing: true"),
+    ("runtime.trt.int8_mode=explict", "int8_mode"),
+])
+def test_bad_knob_values_are_one_line_errors(lenet, override, message):
+    with pytest.raises(ConfigError, match=message) as e:
+        load_config(TRT_INT8, [override])
+    assert "\n" not in str(e.value)
+
+
+def test_env_names_the_int8_paths_and_compute_capability():
+    text = format_env(gpu_env((11, 4, 0)), capability_rows(gpu_env((11, 4, 0))))
+    assert ("tensorrt int8 implicit: no, TensorRT 11.4.0 removed implicit calibration (11.0); use explicit; "
+            "explicit: yes; runtime.trt.int8_mode auto picks explicit") in text
+    assert "described GPU (compute capability 8.9: INT8 tensor cores)" in text
+    assert trt_int8_reasons(gpu_env((10, 5, 0))) == {"implicit": None, "explicit": None}
+    here = run_tool("env", check=True).stdout  # this machine: no TensorRT, so neither path
+    assert "tensorrt int8 neither path here (no TensorRT); the explicit path's Q/DQ model can still be made" in here
+
+
+@pytest.mark.parametrize("overrides,message", [
+    (["runtime.trt.low_precision_io=true"], "low_precision_io makes FP16 engines .* with precision int8 Paddle ignores"),
+    (["runtime.precision=fp16", "runtime.trt.use_cuda_graph=true",
+      "runtime.trt.dynamic_shape={mode: manual, min: {x: [1,1,28,28]}, opt: {x: [8,1,28,28]}, max: {x: [64,1,28,28]}}"],
+     "use_cuda_graph needs fixed input shapes"),
+])
+def test_knob_combinations_paddle_refuses_are_refused_first(lenet, overrides, message):
+    with pytest.raises(ConfigError, match=message):
+        record(load_config(TRT_INT8, overrides), gpu_env((10, 5, 0)))
+
+
+def test_fp16_on_tensorrt_11_is_refused_with_what_to_do(lenet):
+    cfg = load_config(TRT_INT8, ["runtime.precision=fp16"])
+    with pytest.raises(UnsupportedError, match=r"TensorRT 11\.4\.0 removed BuilderFlag::kFP16, which Paddle-TRT builds "
+                                               r"FP16 engines with .* use runtime.backend=paddle \(native GPU FP16\)"):
+        record(cfg, gpu_env((11, 4, 0)))
+    _, rec = record(load_config(TRT_INT8, ["runtime.precision=fp16", "runtime.backend=paddle"]), gpu_env((11, 4, 0)))
+    assert rec.call("enable_use_gpu").arguments["precision_mode"] == PrecisionType.Half
+
+
+@pytest.mark.parametrize("reported,version", [((8, 6, 1), (8, 6, 1)), ((100, 1, 0), (10, 1, 0)),
+                                              ((101, 2, 0), (10, 12, 0)), ((110, 4, 0), (11, 4, 0))])
+def test_tensorrt_runtime_version_is_decoded_from_what_paddle_reports(monkeypatch, reported, version):
+    """Paddle decodes getInferLibVersion() with TensorRT 8's encoding; TensorRT 10 changed it (see env.trt_version).
+    The probe runs for real with Paddle's get_trt_runtime_version answering as it does on such a machine."""
+    import paddle.inference as pi
+    from deploy import env as env_mod
+
+    monkeypatch.setattr(pi, "get_trt_runtime_version", lambda: reported)
+    env_mod.probe.cache_clear()
+    try:
+        assert env_mod.probe().trt_runtime_version == version
+    finally:
+        env_mod.probe.cache_clear()
