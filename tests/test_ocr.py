@@ -487,3 +487,16 @@ runtime: {{trt: {{int8_mode: explicit}}}}
     shapes.write_text(shapes.read_text().replace("max_shape: 1\n", "max_shape: 2\n", 1))
     with pytest.raises(CalibrationError, match="Q/DQ model's shape ranges are stale: .* collected again"):
         plan_mod.resolve_plan(load_config(cfg), env=gpu_env((10, 5, 0)), quiet=True)
+
+
+def test_gpu_acceptance_of_the_rec_config_without_a_gpu(ocr, tmp_path):
+    """The README's GPU command on the dynamic-shape rec config: here it prints the matrix (tuned shapes only: the
+    line width varies) and exits 2 with one line; --dry-run prints the same matrix and exits 0."""
+    cfg = write_config(tmp_path / "rec_trt.yml", f"""_base_: {ROOT / 'configs' / 'ppocr_rec_trt-int8_tuned.yml'}
+model: {{dir: {ocr['rec'] / 'inference'}, build: null}}
+""")
+    result = run_tool("gpu_acceptance", "-c", cfg, "--output-dir", tmp_path / "out")
+    assert result.returncode == 2 and error_line(result).startswith("error: no GPU run here")
+    assert "trt:int8-explicit:tuned" in result.stdout and ":static" not in result.stdout
+    assert "--collect-shapes" in result.stdout and not (tmp_path / "out").exists()
+    assert run_tool("gpu_acceptance", "-c", cfg, "--dry-run", check=True).stdout == result.stdout

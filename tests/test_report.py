@@ -27,8 +27,9 @@ BUDGET = 0.5
 # The documented report.json keys (README, "report.json keys"): this test is their contract.
 TOP_KEYS = {"format", "created", "environment", "task", "reference", "runs", "accuracy", "calibration_sweep",
             "benchmark", "budget", "int8_provenance", "files"}
-ENV_KEYS = {"python", "paddle", "paddleslim", "tensorrt", "onednn", "cpu", "cpu_count", "gpus"}
-RUN_KEYS = {"label", "config", "precision", "device", "backend", "int8_mode", "model", "plan"}
+ENV_KEYS = {"python", "paddle", "paddleslim", "tensorrt", "onednn", "cpu", "cpu_count", "gpus", "gpu_capabilities"}
+RUN_KEYS = {"label", "config", "precision", "device", "backend", "int8_mode", "explicit_quantization", "model",
+            "plan"}
 ACCURACY_KEYS = {"task", "columns", "source", "images", "labelled", "skipped", "batch_size", "reference", "results"}
 METRIC_KEYS = {"top1", "top5", "agreement", "top1_agreement", "cosine_mean", "cosine_min", "max_abs_diff",
                "mean_abs_diff"}

@@ -17,6 +17,9 @@ from deploy.engines.paddle import build_predictor_config
 from deploy.env import format_env, capability_rows, trt_int8_reasons
 from deploy.errors import ConfigError, UnsupportedError
 from deploy.int8 import calibration as calibration_mod
+from deploy.report.int8_provenance import run_provenance
+from deploy.report.runs import Run, RunSpec
+from deploy.tasks.registry import build_task
 from paddle_signatures import RecordingConfig
 from test_predictor_contract import assert_every_call_binds, gpu_env
 
@@ -55,19 +58,22 @@ def test_explicit_calibration_writes_a_qdq_model_for_tensorrt(qdq):
                   if out.parameter == "Y"]
     readers = tensor_readers(qdq["files"], dq_outputs)
     assert dq_outputs and all(uses and all(use.type in LAYER_OPS for use in uses) for uses in readers.values())
-    # The check ran the Q/DQ model on this CPU (oneDNN INT8) against FP32 on 200 labelled training digits.
+    # The check ran the Q/DQ model on this CPU (its Q/DQ ops in FP32) against FP32 on 200 labelled training digits.
     assert entry["check"]["images"] == 200 and entry["check"]["drop_points"] <= 0.5
-    assert "checked on the CPU with oneDNN INT8" in qdq["stdout"]
+    assert "scored on the CPU with its Q/DQ ops run in FP32" in qdq["stdout"]
 
 
 def test_qdq_model_scores_like_fp32_on_the_cpu(qdq, tmp_path):
-    """The acceptance: the Q/DQ model, run as a quantized model with oneDNN INT8, within 0.5 point of FP32 top-1."""
+    """The acceptance: the Q/DQ model within 0.5 point of FP32 top-1, run with oneDNN INT8 kernels and with its
+    Q/DQ ops simulated in FP32 (the check's way); the simulation really rounds (its outputs differ from FP32)."""
+    model = f"model.dir={qdq['dir']},model.build=null"
     run_tool("eval", "-c", ROOT / "configs" / "lenet_mnist.yml", "--precisions", "fp32",
-             "--variant", f"qdq=model.dir={qdq['dir']},model.build=null,runtime.precision=int8",
+             "--variant", f"onednn_int8={model},runtime.precision=int8", "--variant", f"simulated={model}",
              "--limit", "500", "--output-dir", tmp_path, "--quiet", check=True)
-    results = json.loads((tmp_path / "report.json").read_text())["accuracy"]["results"]
-    top1 = {run["label"]: run["top1"] for run in results}
-    assert top1["fp32"] > 0.95 and top1["fp32"] - top1["qdq"] <= 0.005
+    results = {run["label"]: run for run in json.loads((tmp_path / "report.json").read_text())["accuracy"]["results"]}
+    assert results["fp32"]["top1"] > 0.95
+    assert all(results["fp32"]["top1"] - results[label]["top1"] <= 0.005 for label in ("onednn_int8", "simulated"))
+    assert results["simulated"]["max_abs_diff"] > 0
 
 
 def test_explicit_plan_builds_int8_from_the_qdq_model_without_calibration(qdq):
@@ -81,6 +87,10 @@ def test_explicit_plan_builds_int8_from_the_qdq_model_without_calibration(qdq):
         names = rec.names()
         assert names.index("enable_use_gpu") < names.index("enable_tensorrt_engine") < names.index(
             "enable_tensorrt_explicit_quantization")
+    # the report reads the Q/DQ model's calibration (its check) from the trt_explicit entry
+    run = Run(RunSpec("int8", qdq["cfg"], "int8"), cfg, plan, build_task(cfg))
+    provenance = run_provenance(run)
+    assert provenance["target"] == "trt_explicit" and provenance["check"]["images"] == 200
     # explicit asked for on a TensorRT that still has implicit calibration: explicit all the same
     plan, rec = record(load_config(qdq["cfg"], ["runtime.trt.int8_mode=explicit"]), gpu_env((8, 6, 1)))
     assert rec.call("enable_tensorrt_engine").arguments["use_calib_mode"] is False
@@ -232,3 +242,37 @@ def test_tensorrt_runtime_version_is_decoded_from_what_paddle_reports(monkeypatc
         assert env_mod.probe().trt_runtime_version == version
     finally:
         env_mod.probe.cache_clear()
+
+
+def test_gpu_acceptance_matrix_follows_the_tensorrt_version(lenet, tmp_path):
+    from deploy.report.acceptance import build_matrix
+
+    qat = ROOT / "configs" / "lenet_mnist_qat.yml"
+    matrix = build_matrix(TRT_INT8, gpu_env((10, 5, 0)), qat=qat, output_dir=tmp_path)
+    runs = {s.label: s for s in matrix.runs}
+    assert list(runs)[:2] == ["native:fp32", "native:fp16"]  # the reference first
+    for mode in ("static", "tuned"):  # LeNet's input varies only in batch: both shape modes
+        assert {f"trt:fp32:{mode}", f"trt:fp16:{mode}", f"trt:int8-explicit:{mode}", f"qat:int8:{mode}"} <= set(runs)
+    assert runs["trt:int8-implicit:static"].skip is None  # the config's own (static) shapes
+    assert "calibrated for static shapes" in runs["trt:int8-implicit:tuned"].skip
+    assert all(s.skip is None for label, s in runs.items() if "implicit" not in label)
+    prepare = [" ".join(map(str, argv)) for argv in matrix.prepare]
+    assert "--collect-shapes" in prepare[0] and "int8_mode=implicit" in prepare[1]
+    assert "int8_mode=explicit" in prepare[2] and "dynamic_shape.mode=tuned" in prepare[2]
+    assert any("qat.py" in p for p in prepare)
+    # every TensorRT run keeps its own engines (the engine guard would remove another model's)
+    engines = [o for s in matrix.runs for o in s.overrides if o.startswith("runtime.trt.cache_dir=")]
+    assert len(engines) == len(set(engines)) == len(matrix.runs) - 2
+    eleven = {s.label: s for s in build_matrix(TRT_INT8, gpu_env((11, 4, 0)), output_dir=tmp_path).runs}
+    assert "removed implicit calibration" in eleven["trt:int8-implicit:static"].skip
+    assert "removed BuilderFlag::kFP16" in eleven["trt:fp16:static"].skip
+    assert eleven["trt:int8-explicit:static"].skip is None and eleven["native:fp16"].skip is None
+
+
+def test_gpu_acceptance_without_a_gpu_lists_the_matrix_and_exits_2(lenet):
+    result = run_tool("gpu_acceptance", "-c", TRT_INT8)
+    assert result.returncode == 2
+    assert error_line(result).startswith("error: no GPU run here (this Paddle build")
+    assert "trt:int8-explicit:static" in result.stdout and "native:fp32" in result.stdout
+    dry = run_tool("gpu_acceptance", "-c", TRT_INT8, "--dry-run", check=True)
+    assert dry.stdout == result.stdout and not (ROOT / "reports" / "gpu_lenet_mnist_trt-int8").exists()

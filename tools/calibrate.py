@@ -1,7 +1,10 @@
 """INT8 calibration: python tools/calibrate.py -c configs/lenet_mnist.yml
 
-On a TensorRT build (runtime.backend=trt) writes the Paddle-TRT calibration table; on CPU writes a PaddleSlim
-post-training quantized model. Both are recorded in <model dir>/_opt_cache/calibration.json.
+runtime.backend=trt: on the implicit INT8 path (TensorRT < 10.1 by default) writes the Paddle-TRT calibration
+table (needs the GPU); on the explicit path (runtime.trt.int8_mode=explicit, the default from TensorRT 10.1) writes a
+Q/DQ model for enable_tensorrt_explicit_quantization to <model dir>/_opt_cache/int8_trt_qdq (any machine:
+add --device cpu to a GPU config). runtime.backend=paddle: a PaddleSlim post-training quantized model for oneDNN;
+openvino: an NNCF-quantized IR. All are recorded in <model dir>/_opt_cache/calibration.json.
 
 With --collect-shapes it instead runs the calibration images through a native predictor (GPU, or CPU on a CPU
 build) and writes the TensorRT shape ranges that runtime.trt.dynamic_shape.mode=tuned reads
@@ -23,7 +26,8 @@ def main(argv=None):
     parser.add_argument("--algo", help="CPU quantization algorithm: hist (default), KL, mse, avg, abs_max, emd")
     parser.add_argument("--allow-fewer", action="store_true", default=None,
                         help="proceed with a warning when fewer readable images than asked are found")
-    parser.add_argument("--output-dir", type=Path, help="CPU quantized model dir (default: calibration.output_dir)")
+    parser.add_argument("--output-dir", type=Path, help="the quantized model's dir (default: calibration.output_dir "
+                                                        "on CPU, <model dir>/_opt_cache/int8_trt_qdq for TensorRT)")
     check = parser.add_argument_group("the INT8 check and the accuracy budget")
     check.add_argument("--max-drop", type=float, metavar="POINTS",
                        help="keep the fewest layers FP32 so that INT8 loses at most POINTS of the task's metric "

@@ -80,17 +80,10 @@ def resolve_plan(cfg: DeployConfig, *, env: Optional[Environment] = None, quiet:
             log.warning("%s is a quantized model but precision is %s: its fake-quant ops will run in %s; "
                         "use --precision int8 for INT8 speed", files.program, rt.precision, rt.precision)
         return plan
-    explicit = rt.backend == "trt" and trt_int8(cfg, env) == "explicit"
+    plan = replace(plan, explicit_quantization=rt.backend == "trt" and trt_int8(cfg, env) == "explicit")
     if info.quantized:
-        return replace(plan, int8_mode="quantized", explicit_quantization=explicit)
-    if explicit:
-        qdq, shapes = trt_explicit_artifacts(cfg, plan)
-        return replace(plan, model=qdq, int8_mode="quantized", explicit_quantization=True, trt_shapes=shapes)
-    int8_files, mode = int8_artifacts(cfg, plan, calibrating=calibrating)
-    # The calibration run and INT8 inference from its table keep the same layers out of TensorRT, so both build
-    # the same subgraphs (Paddle-TRT finds a table by its subgraph's tensor names).
-    fp32 = tuple(cfg.calibration.skip_tensors) if mode in ("calibrate", "table") else ()
-    return replace(plan, model=int8_files, int8_mode=mode, fp32_tensors=fp32)
+        return replace(plan, int8_mode="quantized")
+    return int8_artifacts(cfg, plan, calibrating=calibrating)
 
 
 _warned: set[str] = set()
@@ -254,40 +247,30 @@ def engine_cache_dir(plan: PredictorPlan) -> Path:
     return trt_table_dir(plan)
 
 
-def trt_explicit_artifacts(cfg: DeployConfig, plan: PredictorPlan) -> tuple[ModelFiles, Optional[Path]]:
-    """The Q/DQ model tools/calibrate.py wrote for TensorRT explicit quantization, after checking it is fresh, and
-    (tuned dynamic shapes) its shape ranges, derived from the model's: stale when those were collected again."""
-    entry = cache.read_manifest(plan.model)["targets"].get(TRT_EXPLICIT_TARGET)
-    if entry is None:
-        raise CalibrationError(
-            f"INT8 on TensorRT by explicit quantization needs a Q/DQ model, and {plan.model.dir} has none; run: "
-            f"{cache.calibrate_command(cfg)} (it runs on the CPU too), or point model.dir at a PaddleSlim-quantized "
-            "model (runtime.trt.int8_mode: implicit calibrates a table instead, on TensorRT < 11)")
-    cache.check_fresh(entry, plan.model, cfg, TRT_EXPLICIT_TARGET)
-    paths = cache.check_artifacts(entry, cfg)
-    program = next(p for p in paths if p.suffix == ".pdmodel")
-    shapes = None
-    if cfg.runtime.trt.dynamic_shape.mode == "tuned":
-        source = entry.get("shape_source")
-        now = check_shape_file(cfg, plan)
-        if source is None or cache.sha256_file(now) != source["sha256"]:
-            raise CalibrationError(f"the TensorRT Q/DQ model's shape ranges are stale: {now} was collected again (or "
-                                   f"not used) since {entry.get('created', 'calibration')}; {cache.rerun_hint(cfg)}")
-        shapes = program.parent / QDQ_SHAPE_FILE
-    return ModelFiles(program, program.with_suffix(".pdiparams")), shapes
+def int8_target(plan: PredictorPlan) -> str:
+    """The manifest target an INT8 plan's artifacts are recorded under."""
+    if plan.backend == "trt":
+        return TRT_EXPLICIT_TARGET if plan.explicit_quantization else "trt"
+    return "openvino" if plan.backend == "openvino" else "cpu"
 
 
-def int8_artifacts(cfg: DeployConfig, plan: PredictorPlan, *, calibrating: bool) -> tuple[ModelFiles, Int8Mode]:
-    """The model files and INT8 mode for a non-quantized model, after checking our calibration is fresh."""
-    target = {"trt": "trt", "openvino": "openvino"}.get(plan.backend, "cpu")
+def int8_artifacts(cfg: DeployConfig, plan: PredictorPlan, *, calibrating: bool) -> PredictorPlan:
+    """The INT8 plan of a non-quantized model: its calibration's artifacts (a table, or a quantized model and, for
+    TensorRT's Q/DQ model with tuned shapes, its shape ranges), after checking they are fresh."""
+    target = int8_target(plan)
+    # The calibration run and INT8 inference from its table keep the same layers out of TensorRT, so both build
+    # the same subgraphs (Paddle-TRT finds a table by its subgraph's tensor names).
+    fp32 = tuple(cfg.calibration.skip_tensors)
     if target == "trt" and calibrating:
-        return plan.model, "calibrate"
+        return replace(plan, int8_mode="calibrate", fp32_tensors=fp32)
     entry = cache.read_manifest(plan.model)["targets"].get(target)
     if entry is None:
+        what = ("by explicit quantization needs a Q/DQ model" if target == TRT_EXPLICIT_TARGET
+                else "needs calibration or a quantized model")
         raise CalibrationError(
-            f"INT8 on {plan.device}/{plan.backend} needs calibration or a quantized model, and {plan.model.dir} has "
-            f"no {target} calibration; run: {cache.calibrate_command(cfg)} (or point model.dir at a "
-            "PaddleSlim-quantized model)")
+            f"INT8 on {plan.device}/{plan.backend} {what}, and {plan.model.dir} has no {target} calibration; run: "
+            f"{cache.calibrate_command(cfg)}{' (it runs on the CPU too)' if target == TRT_EXPLICIT_TARGET else ''}, "
+            "or point model.dir at a PaddleSlim-quantized model")
     cache.check_fresh(entry, plan.model, cfg, target)
     paths = cache.check_artifacts(entry, cfg)
     if target == "trt":
@@ -301,9 +284,24 @@ def int8_artifacts(cfg: DeployConfig, plan: PredictorPlan, *, calibrating: bool)
         if not any((table_dir / p.name).is_file() for p in paths):
             raise CalibrationError(f"no TensorRT calibration table in {table_dir} (runtime.trt.cache_dir changed "
                                    f"since calibration?); {cache.rerun_hint(cfg)}")
-        return plan.model, "table"
+        return replace(plan, int8_mode="table", fp32_tensors=fp32)
     if target == "openvino":
         program = next(p for p in paths if p.suffix == ".xml")
-        return ModelFiles(program, program.with_suffix(".bin")), "quantized"
+        return replace(plan, model=ModelFiles(program, program.with_suffix(".bin")), int8_mode="quantized")
     program = next(p for p in paths if p.suffix in (".pdmodel", ".json"))
-    return ModelFiles(program, program.with_suffix(".pdiparams")), "quantized"
+    shapes = _qdq_shapes(cfg, plan, entry, program.parent) if target == TRT_EXPLICIT_TARGET else None
+    return replace(plan, model=ModelFiles(program, program.with_suffix(".pdiparams")), int8_mode="quantized",
+                   trt_shapes=shapes)
+
+
+def _qdq_shapes(cfg: DeployConfig, plan: PredictorPlan, entry: dict, folder: Path) -> Optional[Path]:
+    """Tuned dynamic shapes: the TensorRT Q/DQ model's shape ranges (derived from the model's at calibration),
+    stale when the model's were collected again since."""
+    if cfg.runtime.trt.dynamic_shape.mode != "tuned":
+        return None
+    source = entry.get("shape_source")
+    now = check_shape_file(cfg, plan)
+    if source is None or cache.sha256_file(now) != source["sha256"]:
+        raise CalibrationError(f"the TensorRT Q/DQ model's shape ranges are stale: {now} was collected again (or not "
+                               f"used) since {entry.get('created', 'calibration')}; {cache.rerun_hint(cfg)}")
+    return folder / QDQ_SHAPE_FILE

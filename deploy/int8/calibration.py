@@ -237,11 +237,13 @@ def calibrate(cfg: DeployConfig, *, images: Optional[str] = None, num_images: Op
     with cache.staged_dir(final, kind) as staged:
         produced = produce(cfg, files, calib, staged, final, quiet)
         seconds = time.perf_counter() - start
-        checked = (_check(_check_config(cfg, key), files, calib, produced, final, quiet) if check
-                   else Checked([], {}))
-        if checked.lines and key == TRT_EXPLICIT_TARGET:
-            checked.lines.append("(the TensorRT Q/DQ model is checked on the CPU with oneDNN INT8, from the same Q/DQ "
-                                 "scales; on the GPU, tools/eval.py scores TensorRT's INT8)")
+        explicit = key == TRT_EXPLICIT_TARGET
+        checked = (_check(_check_config(cfg, key), files, calib, produced, final, quiet, simulated=explicit)
+                   if check else Checked([], {}))
+        if checked.lines and explicit:
+            checked.lines.append("(the TensorRT Q/DQ model is scored on the CPU with its Q/DQ ops run in FP32: the INT8 "
+                                 "rounding TensorRT applies at each of them, not TensorRT's kernels; on a GPU, "
+                                 "tools/eval.py scores TensorRT's INT8)")
         if not checked.installable:
             raise CalibrationError(checked.refusal)
         entry = {**produced.entry, **checked.record}
@@ -252,15 +254,17 @@ def calibrate(cfg: DeployConfig, *, images: Optional[str] = None, num_images: Op
 
 
 def _check(cfg: DeployConfig, files: ModelFiles, calib: CalibrationSet, produced: Optional[Produced], final: Path,
-           quiet: bool) -> Checked:
+           quiet: bool, *, simulated: bool = False) -> Checked:
     """Score INT8 against FP32 on the check set; with a budget over which INT8 lost, restore FP32 layers in the
-    staged artifacts (``produced``) until it fits. ``produced`` None: the installed artifacts (TensorRT)."""
+    staged artifacts (``produced``) until it fits. ``produced`` None: the installed artifacts (TensorRT's table).
+    ``simulated``: the candidates run their Q/DQ ops in FP32 (TensorRT's Q/DQ model on the CPU)."""
     check_set = load_check_set(cfg, calib.task, calib.source, calib.items, quiet=quiet)
     if check_set is None:
         return Checked([], {})
     reference = fp32_plan(cfg)
-    scorer = reference_scorer(calib.task, check_set, reference, quiet=quiet)
-    plan = resolve_plan(cfg, quiet=True) if produced is None else candidate_plan(reference, produced.model)
+    scorer = reference_scorer(calib.task, check_set, reference, quiet=quiet, simulated=simulated)
+    plan = (resolve_plan(cfg, quiet=True) if produced is None
+            else candidate_plan(reference, produced.model, simulated=simulated))
     value, results = scorer.run(plan, quiet=quiet, desc="check int8")
     drop = scorer.drop(value)
     lines = [check_line(scorer, results)]

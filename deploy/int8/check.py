@@ -85,8 +85,12 @@ def fp32_plan(cfg: DeployConfig) -> PredictorPlan:
     return resolve_plan(replace(cfg, runtime=replace(cfg.runtime, precision="fp32")), quiet=True)
 
 
-def candidate_plan(reference: PredictorPlan, model: ModelFiles) -> PredictorPlan:
-    """An INT8 run of a quantized model that is not installed yet (a staged or trial artifact)."""
+def candidate_plan(reference: PredictorPlan, model: ModelFiles, *, simulated: bool = False) -> PredictorPlan:
+    """An INT8 run of a quantized model that is not installed yet (a staged or trial artifact). ``simulated``: the
+    model's Q/DQ ops run in FP32 (each rounds to its INT8 grid, as TensorRT's explicit quantization does) instead of
+    the engine's own INT8 kernels."""
+    if simulated:
+        return replace(reference, model=model)
     runtime = replace(reference.runtime, precision="int8")
     return replace(reference, precision="int8", runtime=runtime, model=model, int8_mode="quantized")
 
@@ -101,6 +105,7 @@ class Scorer:
     key: str
     header: str
     fp32: float
+    simulated: bool = False  # candidates run their Q/DQ ops in FP32 (candidate_plan)
 
     def value(self, results: Sequence[Any]) -> float:
         """The score of results for the whole check set."""
@@ -128,11 +133,12 @@ class Scorer:
         return {"metric": self.key, "header": self.header, "fp32": round(self.fp32, 6)}
 
 
-def reference_scorer(task: Task, check: CheckSet, reference: PredictorPlan, *, quiet: bool = False) -> Scorer:
+def reference_scorer(task: Task, check: CheckSet, reference: PredictorPlan, *, quiet: bool = False,
+                     simulated: bool = False) -> Scorer:
     """Run FP32 on the check set once; its results are what agreement compares with."""
     results, _ = predict_set(reference, task, check.eval_set, quiet=quiet, desc="check fp32")
     column = task.metrics[0] if check.labelled else task.agreements[0]
-    scorer = Scorer(task, check, results, column.key, column.header, 1.0)
+    scorer = Scorer(task, check, results, column.key, column.header, 1.0, simulated)
     scorer.fp32 = scorer.value(results)
     return scorer
 

@@ -20,7 +20,7 @@ import math
 import shutil
 import time
 from collections import Counter
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any, Optional, Sequence
 
@@ -107,7 +107,7 @@ def _subset(scorer: Scorer, images: int) -> Scorer:
     items = [item for batch in batches for item in batch.items]
     check = CheckSet(scorer.check.source, EvalSet(scorer.check.eval_set.source, items, batches),
                      scorer.check.held_out)
-    sub = Scorer(scorer.task, check, scorer.reference[:count], scorer.key, scorer.header, 1.0)
+    sub = replace(scorer, check=check, reference=scorer.reference[:count])
     sub.fp32 = sub.value(sub.reference)
     return sub
 
@@ -125,7 +125,7 @@ class LayerSearch:
 
     def _plan(self, fp32: frozenset[str]) -> tuple[PredictorPlan, Path]:
         out = self.scratch / f"trial-{self.count}"
-        return candidate_plan(self.reference, self.model.save(fp32, out)), out
+        return candidate_plan(self.reference, self.model.save(fp32, out), simulated=self.scorer.simulated), out
 
     def _tick(self, text: str) -> None:
         self.count += 1

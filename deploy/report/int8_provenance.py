@@ -11,6 +11,7 @@ from typing import Optional, Sequence
 
 from deploy import cache
 from deploy.engines.model import find_model_files
+from deploy.engines.plan import int8_target
 from deploy.report.runs import Run
 
 # The entry keys the report carries (what exists of them); the rest of the entry is cache bookkeeping.
@@ -23,11 +24,6 @@ MODE_TEXT = {"alone_int8": "the metric loss when that layer alone is INT8",
              "alone_fp32": "the metric loss when that layer alone is FP32"}
 
 
-def manifest_target(backend: str) -> str:
-    """The manifest target an INT8 run on ``backend`` reads (as deploy.engines.plan.int8_artifacts does)."""
-    return {"trt": "trt", "openvino": "openvino"}.get(backend, "cpu")
-
-
 def run_provenance(run: Run) -> Optional[dict]:
     """The calibration entry behind one INT8 run; None for other precisions and for models quantized already."""
     plan = run.plan
@@ -38,7 +34,7 @@ def run_provenance(run: Run) -> Optional[dict]:
         return None
     if plan.int8_mode == "quantized" and plan.model.program == source.program:
         return None  # a QAT / PaddleSlim model that is INT8 by itself: no calibration of ours
-    target = manifest_target(plan.backend)
+    target = int8_target(plan)
     entry = cache.read_manifest(source)["targets"].get(target)
     if entry is None:
         return None

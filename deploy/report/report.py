@@ -75,7 +75,8 @@ def environment_info() -> dict:
     env = probe()
     return {"python": env.python, "paddle": env.paddle_version, "paddleslim": env.paddleslim_version,
             "tensorrt": ".".join(map(str, env.trt_runtime_version)) if env.trt_compiled else None,
-            "onednn": env.onednn, "cpu": env.cpu_model, "cpu_count": env.cpu_count, "gpus": env.gpus}
+            "onednn": env.onednn, "cpu": env.cpu_model, "cpu_count": env.cpu_count, "gpus": env.gpus,
+            "gpu_capabilities": [f"{major}.{minor}" for major, minor in env.gpu_capabilities]}
 
 
 def run_info(run: Run) -> dict:
@@ -83,6 +84,7 @@ def run_info(run: Run) -> dict:
     plan = run.plan
     return {"label": run.label, "config": str(run.cfg.source or run.spec.config), "precision": plan.precision,
             "device": plan.device, "backend": plan.backend, "int8_mode": plan.int8_mode,
+            "explicit_quantization": plan.explicit_quantization,
             "model": str(plan.model.program), "plan": plan.describe()}
 
 
