@@ -269,10 +269,19 @@ def test_gpu_acceptance_matrix_follows_the_tensorrt_version(lenet, tmp_path):
     assert eleven["trt:int8-explicit:static"].skip is None and eleven["native:fp16"].skip is None
 
 
-def test_gpu_acceptance_without_a_gpu_lists_the_matrix_and_exits_2(lenet):
-    result = run_tool("gpu_acceptance", "-c", TRT_INT8)
-    assert result.returncode == 2
-    assert error_line(result).startswith("error: no GPU run here (this Paddle build")
-    assert "trt:int8-explicit:static" in result.stdout and "native:fp32" in result.stdout
-    dry = run_tool("gpu_acceptance", "-c", TRT_INT8, "--dry-run", check=True)
-    assert dry.stdout == result.stdout and not (ROOT / "reports" / "gpu_lenet_mnist_trt-int8").exists()
+def test_the_qdq_model_goes_stale_with_the_model(lenet_config, lenet_copy):
+    """The trt_explicit entry has the provenance of every target: new weights make it stale, with the command."""
+    cfg = load_config(lenet_config, ["runtime.backend=trt", "runtime.device=gpu", "runtime.trt.int8_mode=explicit",
+                                     "calibration.check_num=0"])
+    result = calibration_mod.calibrate(cfg, quiet=True)
+    assert result.target == "trt_explicit" and result.artifacts[0].parent == lenet_copy / "_opt_cache" / "int8_trt_qdq"
+    int8 = load_config(lenet_config, ["runtime.backend=trt", "runtime.device=gpu", "runtime.precision=int8",
+                                      "runtime.trt.int8_mode=explicit"])
+    assert plan_mod.resolve_plan(int8, env=gpu_env((10, 5, 0)), quiet=True).model.dir == result.artifacts[0].parent
+    params = lenet_copy / "inference.pdiparams"
+    data = bytearray(params.read_bytes())
+    data[-4:] = bytes(4)  # one weight changed, same size and layout: a retrained model
+    params.write_bytes(bytes(data))
+    with pytest.raises(Exception, match=r"calibration is stale: model changed since .*; rerun: python tools/"
+                                        r"calibrate.py -c .* -o runtime.trt.int8_mode=explicit"):
+        plan_mod.resolve_plan(int8, env=gpu_env((10, 5, 0)), quiet=True)

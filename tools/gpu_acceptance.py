@@ -35,7 +35,8 @@ def main(argv=None):
 
     env = probe()
     output_dir = args.output_dir or Path("reports") / f"gpu_{Path(args.config).stem}"
-    matrix = build_matrix(Path(args.config), env, overrides=args.override, qat=args.qat, output_dir=output_dir)
+    matrix = build_matrix(Path(args.config), env, overrides=args.override, qat=args.qat, output_dir=output_dir,
+                          quiet=args.quiet)
     reason = gpu_reason(env)
     if args.dry_run or reason:
         print(matrix.text())

@@ -69,22 +69,22 @@ class Matrix:
         return "\n".join(lines)
 
 
-def _shape_modes(cfg_path: Path, overrides: Sequence[str]) -> list[str]:
+def _shape_modes(cfg_path: Path, overrides: Sequence[str], quiet: bool) -> list[str]:
     """static when the model's inputs vary only in batch (TensorRT needs no ranges), tuned always."""
     cfg = load_config(cfg_path, list(overrides))
-    info = inspect_model(ensure_model(cfg.model, quiet=True))
+    info = inspect_model(ensure_model(cfg.model, quiet=quiet))  # a shipped model builds itself on first use
     static = all(all(d > 0 for d in feed.shape[1:]) for feed in info.inputs)
     return (["static"] if static else []) + ["tuned"]
 
 
 def build_matrix(cfg_path: Path, env: Environment, *, overrides: Sequence[str] = (),
-                 qat: Optional[Path] = None, output_dir: Path) -> Matrix:
+                 qat: Optional[Path] = None, output_dir: Path, quiet: bool = True) -> Matrix:
     """The matrix for ``cfg_path`` (its model, preprocessing and data; its runtime is replaced run by run)."""
     cfg_path = Path(cfg_path)
     base = ("runtime.device=gpu", *overrides)
     trt = (*base, "runtime.backend=trt", "runtime.trt.use_static=true")
     matrix = Matrix(cfg_path, common=("runtime.device=gpu", "runtime.backend=trt", "runtime.trt.use_static=true"))
-    modes = _shape_modes(cfg_path, overrides)
+    modes = _shape_modes(cfg_path, overrides, quiet)
     tuned = ("-o", SHAPES["tuned"])
     calibrate = [TOOLS / "calibrate.py", "-c", cfg_path, *(a for o in overrides for a in ("-o", o))]
     if "tuned" in modes:
