@@ -269,12 +269,17 @@ def test_gpu_acceptance_matrix_follows_the_tensorrt_version(lenet, tmp_path):
     assert eleven["trt:int8-explicit:static"].skip is None and eleven["native:fp16"].skip is None
 
 
-def test_the_qdq_model_goes_stale_with_the_model(lenet_config, lenet_copy):
-    """The trt_explicit entry has the provenance of every target: new weights make it stale, with the command."""
+def test_the_qdq_model_keeps_skipped_layers_fp32_and_goes_stale_with_the_model(lenet_config, lenet_copy):
+    """calibration.skip_tensors applies (here by a matmul's activation input, as PaddleSlim's skip list takes it);
+    the trt_explicit entry has the provenance of every target: new weights make it stale, with the command."""
     cfg = load_config(lenet_config, ["runtime.backend=trt", "runtime.device=gpu", "runtime.trt.int8_mode=explicit",
-                                     "calibration.check_num=0"])
+                                     "calibration.check_num=0", "calibration.skip_tensors=[flatten_0.tmp_0]"])
     result = calibration_mod.calibrate(cfg, quiet=True)
     assert result.target == "trt_explicit" and result.artifacts[0].parent == lenet_copy / "_opt_cache" / "int8_trt_qdq"
+    qdq = ModelFiles(result.artifacts[0], result.artifacts[1])
+    (first_linear,) = [use for use in tensor_readers(qdq, ["flatten_0.tmp_0"])["flatten_0.tmp_0"]]
+    assert first_linear.type == "matmul_v2"  # reads the activation itself: no Q/DQ, FP32
+    assert inspect_model(qdq).quant_op_counts["quantize_linear"] == 3  # the other three layers' inputs
     int8 = load_config(lenet_config, ["runtime.backend=trt", "runtime.device=gpu", "runtime.precision=int8",
                                       "runtime.trt.int8_mode=explicit"])
     assert plan_mod.resolve_plan(int8, env=gpu_env((10, 5, 0)), quiet=True).model.dir == result.artifacts[0].parent

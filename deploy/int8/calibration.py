@@ -192,8 +192,8 @@ def _target(cfg: DeployConfig) -> str:
 
 
 def _check_config(cfg: DeployConfig, key: str) -> DeployConfig:
-    """The config the check and the search run: TensorRT's Q/DQ model is scored on the CPU with oneDNN INT8, the
-    same on every machine (TensorRT's own INT8 kernels are measured by tools/eval.py on the GPU)."""
+    """The config the check and the search run: TensorRT's Q/DQ model is scored on the CPU (its Q/DQ ops simulated
+    in FP32, see _check), the same on every machine; TensorRT's own INT8 is measured by tools/eval.py on a GPU."""
     if key != TRT_EXPLICIT_TARGET:
         return cfg
     runtime = replace(cfg.runtime, device="cpu", backend="paddle", paddle=replace(cfg.runtime.paddle, onednn=True))
