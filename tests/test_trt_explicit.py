@@ -258,6 +258,9 @@ def test_gpu_acceptance_matrix_follows_the_tensorrt_version(lenet, tmp_path):
     assert all(s.skip is None for label, s in runs.items() if "implicit" not in label)
     prepare = [" ".join(map(str, argv)) for argv in matrix.prepare]
     assert "--collect-shapes" in prepare[0] and "int8_mode=implicit" in prepare[1]
+    # the table goes where its run's Paddle-TRT reads tables: that run's engine cache
+    implicit_cache = next(o for o in runs["trt:int8-implicit:static"].overrides if o.startswith("runtime.trt.cache_dir"))
+    assert prepare[1].endswith(implicit_cache)
     assert "int8_mode=explicit" in prepare[2] and "dynamic_shape.mode=tuned" in prepare[2]
     assert any("qat.py" in p for p in prepare)
     # every TensorRT run keeps its own engines (the engine guard would remove another model's)

@@ -93,9 +93,12 @@ def build_matrix(cfg_path: Path, env: Environment, *, overrides: Sequence[str] =
         "implicit": None, "explicit": None}  # no TensorRT here: what a GPU machine would run
     own_mode = load_config(cfg_path, list(overrides)).runtime.trt.dynamic_shape.mode
     own = "tuned" if own_mode == "tuned" else "static"
+    def engines(label: str) -> str:  # each TensorRT run's own engine cache (where Paddle-TRT also reads tables)
+        return f"{ENGINE_DIR}{output_dir / 'engines' / label.replace(':', '_')}"
+
     if reasons["implicit"] is None:  # the table belongs to the config's own shape mode (its subgraphs)
         matrix.prepare.append([*calibrate, "-o", "runtime.backend=trt", "-o", "runtime.trt.int8_mode=implicit",
-                               "-o", SHAPES[own]])
+                               "-o", SHAPES[own], "-o", engines(f"trt:int8-implicit:{own}")])
     if reasons["explicit"] is None:
         matrix.prepare.append([*calibrate, "-o", "runtime.backend=trt", "-o", "runtime.trt.int8_mode=explicit",
                                *(tuned if "tuned" in modes else ())])
@@ -119,8 +122,7 @@ def build_matrix(cfg_path: Path, env: Environment, *, overrides: Sequence[str] =
             rows.append((f"qat:int8:{mode}", f"TensorRT INT8 of {qat.name} (auto path)", shape, Path(qat), "int8",
                          None))
         for label, what, extra, config, precision, skip in rows:
-            engines = output_dir / "engines" / label.replace(":", "_")
-            matrix.runs.append(Step(label, what, (*extra, f"{ENGINE_DIR}{engines}"), config, precision, skip))
+            matrix.runs.append(Step(label, what, (*extra, engines(label)), config, precision, skip))
     matrix.restart = [s for s in matrix.runs if s.label.startswith(("trt:", "qat:")) and s.skip is None]
     return matrix
 
