@@ -22,7 +22,7 @@ from deploy.engines import plan as plan_mod
 from deploy.engines.paddle import build_predictor_config
 from deploy.errors import CalibrationError, ModelError
 from deploy.int8 import calibration as calibration_mod
-from deploy.int8.shapes import read_shape_ranges
+from deploy.int8.shapes import collect_shapes, read_shape_ranges
 from deploy.tasks.ocr_det import TextRegion, parse_det_label
 from deploy.tasks.ocr_det_post import match_pairs
 from deploy.tasks.ocr_rec import CtcPath, OcrRecTask, TextResult, ctc_greedy_decode, join_pieces, line_pieces
@@ -466,7 +466,7 @@ runtime: {{trt: {{int8_mode: explicit}}}}
 {extra}""")
     with pytest.raises(CalibrationError, match="no shape range file .* --collect-shapes"):
         calibration_mod.calibrate(load_config(cfg), quiet=True)
-    run_tool("calibrate", "-c", cfg, "--collect-shapes", "--device", "cpu", "--quiet", check=True)
+    collect_shapes(load_config(cfg, ["runtime.device=cpu"]), quiet=True)
     result = calibration_mod.calibrate(load_config(cfg), quiet=True)
     qdq = model / "_opt_cache" / "int8_trt_qdq"
     assert result.target == "trt_explicit" and qdq / "shape_range_info.pbtxt" in result.artifacts
@@ -489,7 +489,7 @@ runtime: {{trt: {{int8_mode: explicit}}}}
         plan_mod.resolve_plan(load_config(cfg), env=gpu_env((10, 5, 0)), quiet=True)
 
 
-def test_gpu_acceptance_of_the_rec_config_without_a_gpu(ocr, tmp_path):
+def test_gpu_acceptance_of_the_rec_config_without_a_gpu(ocr, tmp_path, capsys, monkeypatch):
     """The README's GPU command on the dynamic-shape rec config: here it prints the matrix (tuned shapes only: the
     line width varies) and exits 2 with one line; --dry-run prints the same matrix and exits 0."""
     cfg = write_config(tmp_path / "rec_trt.yml", f"""_base_: {ROOT / 'configs' / 'ppocr_rec_trt-int8_tuned.yml'}
@@ -499,4 +499,9 @@ model: {{dir: {ocr['rec'] / 'inference'}, build: null}}
     assert result.returncode == 2 and error_line(result).startswith("error: no GPU run here")
     assert "trt:int8-explicit:tuned" in result.stdout and ":static" not in result.stdout
     assert "--collect-shapes" in result.stdout and not (tmp_path / "out").exists()
-    assert run_tool("gpu_acceptance", "-c", cfg, "--dry-run", check=True).stdout == result.stdout
+    monkeypatch.syspath_prepend(str(ROOT / "tools"))  # the tool imports its _bootstrap
+    spec = importlib.util.spec_from_file_location("gpu_acceptance", ROOT / "tools" / "gpu_acceptance.py")
+    tool = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(tool)
+    assert tool.main(["-c", str(cfg), "--output-dir", str(tmp_path / "out"), "--dry-run"]) is None  # exits 0
+    assert capsys.readouterr().out == result.stdout

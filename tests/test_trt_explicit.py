@@ -14,7 +14,7 @@ from deploy.config.loader import load_config
 from deploy.engines import plan as plan_mod
 from deploy.engines.model import LAYER_OPS, ModelFiles, _read_program_desc, inspect_model, tensor_readers
 from deploy.engines.paddle import build_predictor_config
-from deploy.env import format_env, capability_rows, trt_int8_reasons
+from deploy.env import capability_rows, format_env, probe, trt_int8_reasons
 from deploy.errors import ConfigError, UnsupportedError
 from deploy.int8 import calibration as calibration_mod
 from deploy.report.int8_provenance import run_provenance
@@ -204,7 +204,7 @@ def test_env_names_the_int8_paths_and_compute_capability():
             "explicit: yes; runtime.trt.int8_mode auto picks explicit") in text
     assert "described GPU (compute capability 8.9: INT8 tensor cores)" in text
     assert trt_int8_reasons(gpu_env((10, 5, 0))) == {"implicit": None, "explicit": None}
-    here = run_tool("env", check=True).stdout  # this machine: no TensorRT, so neither path
+    here = format_env(probe(), capability_rows(probe()))  # this machine: no TensorRT, so neither path
     assert "tensorrt int8 neither path here (no TensorRT); the explicit path's Q/DQ model can still be made" in here
 
 
