@@ -5,6 +5,7 @@ there is no GPU or TensorRT here, and no test pretends a TensorRT run happened."
 import json
 import logging
 import shutil
+from pathlib import Path
 
 import pytest
 from paddle.inference import PrecisionType
@@ -293,3 +294,44 @@ def test_the_qdq_model_keeps_skipped_layers_fp32_and_goes_stale_with_the_model(l
     with pytest.raises(Exception, match=r"calibration is stale: model changed since .*; rerun: python tools/"
                                         r"calibrate.py -c .* -o runtime.trt.int8_mode=explicit"):
         plan_mod.resolve_plan(int8, env=gpu_env((10, 5, 0)), quiet=True)
+
+
+def test_gpu_acceptance_runs_prepare_report_and_restart_in_order(lenet, tmp_path, monkeypatch):
+    """The orchestration, which needs a GPU to run for real: the GPU tools it starts and the report it builds are
+    stood in for (recorded), everything else is the real code: what it runs, in which order, and what it writes."""
+    from deploy.report import acceptance
+
+    matrix = acceptance.build_matrix(TRT_INT8, gpu_env((10, 5, 0)), output_dir=tmp_path)
+    started, reports = [], []
+
+    def tool(argv, quiet):  # a GPU machine's tools/calibrate.py and tools/benchmark.py
+        argv = [str(a) for a in argv]
+        started.append(argv)
+        if argv[0].endswith("benchmark.py"):
+            out = Path(argv[argv.index("--output-dir") + 1])
+            out.mkdir(parents=True)
+            label = argv[argv.index("--precisions") + 1]
+            (out / "report.json").write_text(json.dumps({"benchmark": {"results": [
+                {"label": "fp32", "first_run_ms": 30.0}, {"label": label, "first_run_ms": 40.0}]}}))
+
+    class Report:
+        data = {"benchmark": {"results": [{"label": s.label, "first_run_ms": 900.0} for s in matrix.runs]}}
+
+    monkeypatch.setattr(acceptance, "_tool", tool)
+    monkeypatch.setattr(acceptance, "precision_report", lambda **kw: reports.append(kw) or Report())
+    result = acceptance.run_matrix(matrix, tmp_path, gpu_env((10, 5, 0)), batch_sizes=[8], quiet=True)
+    assert [s[:3] for s in started[:len(matrix.prepare)]] == [[str(a) for a in p[:3]] for p in matrix.prepare]
+    (report,) = reports
+    assert [r.label for r in report["runs"]] == [s.label for s in matrix.runs if s.skip is None]
+    assert report["runs"][0].label == "native:fp32" and report["benchmark"].batch_sizes == [8]
+    restarted = started[len(matrix.prepare):]
+    assert len(restarted) == len(matrix.restart) and all(a[0].endswith("benchmark.py") for a in restarted)
+    assert all(a[a.index("--batch-sizes") + 1] == "8" for a in restarted)
+    timings = {r["label"]: r for r in result["restart"]}
+    assert timings["trt:int8-explicit:static"] == {"label": "trt:int8-explicit:static", "first_run_ms": 900.0,
+                                                    "after_restart_ms": 40.0}  # its own entry, not the reference's
+    assert timings["trt:fp32:static"]["after_restart_ms"] == 30.0
+    written = json.loads((tmp_path / "acceptance.json").read_text())
+    assert written["skipped"] == {"trt:int8-implicit:tuned": "the table is calibrated for static shapes"}
+    assert "tensorrt int8" in (tmp_path / "env.txt").read_text()
+    assert "22.5x" in acceptance.restart_table(result["restart"])

@@ -6,8 +6,8 @@ Prepares what the runs need (TensorRT shape ranges, the implicit calibration tab
 has implicit calibration, the explicit Q/DQ model, the QAT model with --qat), then runs Paddle GPU FP32 (the
 reference) and FP16, and TensorRT FP32, FP16, INT8 implicit and INT8 explicit (and --qat's INT8) with static and tuned
 dynamic shapes, through the same evaluation and benchmark as tools/eval.py and tools/benchmark.py: the task's metric,
-agreement with FP32, latency percentiles, memory. Then each TensorRT run is built again in a fresh process, twice, to
-time its serialized engine cache after a restart. Writes report.md / report.json / plots, acceptance.json and env.txt.
+agreement with FP32, latency percentiles, memory. Then each TensorRT run is built again in a fresh process, which
+loads the engines the first build serialized: build + first batch before and after a restart. Writes report.md / report.json / plots, acceptance.json and env.txt.
 
 --dry-run prints the matrix for this machine and runs nothing. Without a GPU the command prints the matrix and exits 2.
 """

@@ -51,7 +51,7 @@ class Matrix:
     config: Path
     prepare: list[list[str]] = field(default_factory=list)  # tool argv lists, run in order
     runs: list[Step] = field(default_factory=list)
-    restart: list[Step] = field(default_factory=list)  # TensorRT runs rebuilt in a fresh process from their cache
+    restart: list[Step] = field(default_factory=list)  # TensorRT runs built again in a fresh process, from their cache
     common: tuple[str, ...] = ()  # the overrides every (TensorRT) run has, printed once
 
     def text(self) -> str:
@@ -64,7 +64,7 @@ class Matrix:
                   format_table(("label", "what", "status", "overrides"), rows),
                   f"every run: {' '.join(self.common[:1])}; every TensorRT run: {' '.join(self.common[1:])}, its "
                   "engines in <output dir>/engines/<label>", "",
-                  "engine cache after a restart (a fresh process per run, cold then warm): "
+                  "engine cache after a restart (each run again in a fresh process, loading its engines): "
                   + (", ".join(s.label for s in self.restart) or "none")]
         return "\n".join(lines)
 
@@ -143,20 +143,17 @@ def _tool(argv: Sequence, quiet: bool) -> subprocess.CompletedProcess:
     return result
 
 
-def _restart_timing(step: Step, output_dir: Path, batch_size: Optional[int], quiet: bool) -> dict:
-    """Build the run's predictor and run one batch in a fresh process twice: cold (TensorRT builds the engine,
-    or finds it from the matrix run) and warm (it must load the serialized engine)."""
-    timings = []
-    for attempt in ("first", "second"):
-        out = output_dir / "restart" / step.label.replace(":", "_") / attempt
-        argv = [TOOLS / "benchmark.py", "-c", step.config, *(a for o in step.overrides for a in ("-o", o)),
-                "--precisions", step.precision, "--warmup", "0", "--iters", "3", "--output-dir", out,
-                *(["--batch-sizes", str(batch_size)] if batch_size else [])]
-        _tool(argv, quiet)
-        results = json.loads((out / "report.json").read_text())["benchmark"]["results"]
-        entry = next(e for e in results if e["label"] == step.precision)
-        timings.append({"build_ms": entry["build_ms"], "first_run_ms": entry["first_run_ms"]})
-    return {"label": step.label, "first_process": timings[0], "second_process": timings[1]}
+def _restart_timing(step: Step, built: dict, output_dir: Path, batch_size: Optional[int], quiet: bool) -> dict:
+    """Build the run's predictor and run one batch in a fresh process, which must load the engines the matrix run
+    serialized (its cache dir), beside that run's own build + first batch (``built``: its benchmark entry)."""
+    out = output_dir / "restart" / step.label.replace(":", "_")
+    argv = [TOOLS / "benchmark.py", "-c", step.config, *(a for o in step.overrides for a in ("-o", o)),
+            "--precisions", step.precision, "--warmup", "0", "--iters", "3", "--output-dir", out,
+            *(["--batch-sizes", str(batch_size)] if batch_size else [])]
+    _tool(argv, quiet)
+    results = json.loads((out / "report.json").read_text())["benchmark"]["results"]
+    restarted = next(e for e in results if e["label"] == step.precision)
+    return {"label": step.label, "first_run_ms": built["first_run_ms"], "after_restart_ms": restarted["first_run_ms"]}
 
 
 def run_matrix(matrix: Matrix, output_dir: Path, env: Environment, *, images: Optional[str] = None,
@@ -170,7 +167,11 @@ def run_matrix(matrix: Matrix, output_dir: Path, env: Environment, *, images: Op
     report = precision_report(runs=runs, evaluation=EvalOptions(images, limit),
                               benchmark=BenchOptions(list(batch_sizes), 10, iters, images), output_dir=output_dir,
                               quiet=quiet)
-    restart = [_restart_timing(s, output_dir, batch_sizes[0] if batch_sizes else None, quiet) for s in matrix.restart]
+    built: dict[str, dict] = {}
+    for entry in report.data["benchmark"]["results"]:  # each run's first batch size: its engines' first build
+        built.setdefault(entry["label"], entry)
+    first = batch_sizes[0] if batch_sizes else None
+    restart = [_restart_timing(s, built[s.label], output_dir, first, quiet) for s in matrix.restart]
     summary = {"matrix": matrix.text(), "restart": restart, "seconds": round(time.perf_counter() - start, 1),
                "skipped": {s.label: s.skip for s in matrix.runs if s.skip}}
     (output_dir / "env.txt").write_text(format_env(env, capability_rows(env)) + "\n")
@@ -179,7 +180,8 @@ def run_matrix(matrix: Matrix, output_dir: Path, env: Environment, *, images: Op
 
 
 def restart_table(restart: Sequence[dict]) -> str:
-    """Predictor build + first batch in the first and the second fresh process, per TensorRT run."""
-    rows = [(r["label"], f"{r['first_process']['first_run_ms']:.0f}", f"{r['second_process']['first_run_ms']:.0f}")
-            for r in restart]
-    return format_table(("run", "first process: build + first batch ms", "after a restart ms"), rows)
+    """Predictor build + first batch in the matrix run (TensorRT builds the engines) and in a fresh process after
+    it (TensorRT loads them), per TensorRT run."""
+    rows = [(r["label"], f"{r['first_run_ms']:.0f}", f"{r['after_restart_ms']:.0f}",
+             f"{r['first_run_ms'] / r['after_restart_ms']:.1f}x") for r in restart]
+    return format_table(("run", "engine build + first batch ms", "after a restart ms", "saved"), rows)
