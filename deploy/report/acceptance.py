@@ -14,6 +14,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Optional, Sequence
 
+from deploy import cache
 from deploy.config.loader import load_config
 from deploy.engines.model import ensure_model, inspect_model
 from deploy.env import Environment, default_device, format_env, capability_rows, support_reason, trt_int8_reasons
@@ -174,8 +175,8 @@ def run_matrix(matrix: Matrix, output_dir: Path, env: Environment, *, images: Op
     restart = [_restart_timing(s, built[s.label], output_dir, first, quiet) for s in matrix.restart]
     summary = {"matrix": matrix.text(), "restart": restart, "seconds": round(time.perf_counter() - start, 1),
                "skipped": {s.label: s.skip for s in matrix.runs if s.skip}}
-    (output_dir / "env.txt").write_text(format_env(env, capability_rows(env)) + "\n")
-    (output_dir / "acceptance.json").write_text(json.dumps(summary, indent=2) + "\n")
+    cache.atomic_write_text(output_dir / "env.txt", format_env(env, capability_rows(env)) + "\n")
+    cache.atomic_write_json(output_dir / "acceptance.json", summary)
     return {"report": report, **summary}
 
 
