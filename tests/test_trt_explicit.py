@@ -335,3 +335,22 @@ def test_gpu_acceptance_runs_prepare_report_and_restart_in_order(lenet, tmp_path
     assert written["skipped"] == {"trt:int8-implicit:tuned": "the table is calibrated for static shapes"}
     assert "tensorrt int8" in (tmp_path / "env.txt").read_text()
     assert "22.5x" in acceptance.restart_table(result["restart"])
+
+
+def test_explicit_output_dir_never_replaces_a_users_folder(lenet_config, lenet_copy, tmp_path):
+    """--output-dir for the Q/DQ model takes a new or empty folder, or one the toolkit made; a user's folder is
+    refused before any work, its files untouched, and the model dir itself is never a target."""
+    mine = tmp_path / "mine"
+    mine.mkdir()
+    (mine / "notes.txt").write_text("keep me")
+    base = ["-c", lenet_config, "--backend", "trt", "-o", "runtime.trt.int8_mode=explicit", "--quiet"]
+    result = run_tool("calibrate", *base, "--output-dir", mine)
+    assert result.returncode == 2 and "did not create" in error_line(result)
+    assert (mine / "notes.txt").read_text() == "keep me" and sorted(p.name for p in mine.iterdir()) == ["notes.txt"]
+    result = run_tool("calibrate", *base, "--output-dir", lenet_copy)
+    assert result.returncode == 2 and "which the install would replace" in error_line(result)
+    assert (lenet_copy / "inference.pdmodel").is_file()
+    cfg = load_config(lenet_config, ["runtime.backend=trt", "runtime.trt.int8_mode=explicit", "calibration.check_num=0"])
+    for _ in range(2):  # a new folder, then the folder it made: replaced
+        result = calibration_mod.calibrate(cfg, output_dir=tmp_path / "qdq", quiet=True)
+        assert result.artifacts[0] == tmp_path / "qdq" / "inference.pdmodel" and result.artifacts[0].is_file()
