@@ -233,10 +233,10 @@ def trt_int8_reasons(env: Environment) -> dict[str, Optional[str]]:
         return {"implicit": reason, "explicit": reason}
     implicit = explicit = None
     if version >= IMPLICIT_REMOVED:
-        implicit = f"TensorRT {_version(version)} removed implicit calibration (11.0); use explicit"
+        implicit = f"TensorRT {_version(version)} removed implicit INT8 calibration (11.0)"
     if version < EXPLICIT_FROM:
-        explicit = (f"Paddle-TRT converts quantize_linear / dequantize_linear from TensorRT 8.5.1 on, this is "
-                    f"{_version(version)}; use implicit")
+        explicit = (f"Paddle-TRT converts quantize_linear / dequantize_linear only from TensorRT 8.5.1 on, and this "
+                    f"is {_version(version)}")
     return {"implicit": implicit, "explicit": explicit}
 
 

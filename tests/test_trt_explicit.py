@@ -104,6 +104,14 @@ def test_auto_picks_the_path_by_tensorrt_runtime_version(lenet, version, path):
     assert plan_mod.trt_int8(load_config(TRT_INT8), gpu_env(version)) == path
 
 
+def test_explicit_before_tensorrt_8_5_1_is_refused(lenet):
+    cfg = load_config(TRT_INT8, ["runtime.trt.int8_mode=explicit"])
+    with pytest.raises(UnsupportedError, match=r"runtime.trt.int8_mode is explicit, but Paddle-TRT converts "
+                                               r"quantize_linear / dequantize_linear only from TensorRT 8.5.1 on, and "
+                                               r"this is 8.4.3; use -o runtime.trt.int8_mode=implicit \(or auto\)$"):
+        plan_mod.trt_int8(cfg, gpu_env((8, 4, 3)))
+
+
 def test_implicit_on_tensorrt_11_is_refused_before_any_predictor(lenet_config, monkeypatch):
     cfg = load_config(lenet_config, ["runtime.backend=trt", "runtime.device=gpu", "runtime.trt.int8_mode=implicit"])
     monkeypatch.setattr(plan_mod, "probe", lambda: gpu_env((11, 4, 0)))
@@ -201,7 +209,7 @@ def test_bad_knob_values_are_one_line_errors(lenet, override, message):
 
 def test_env_names_the_int8_paths_and_compute_capability():
     text = format_env(gpu_env((11, 4, 0)), capability_rows(gpu_env((11, 4, 0))))
-    assert ("tensorrt int8 implicit: no, TensorRT 11.4.0 removed implicit calibration (11.0); use explicit; "
+    assert ("tensorrt int8 implicit: no, TensorRT 11.4.0 removed implicit INT8 calibration (11.0); "
             "explicit: yes; runtime.trt.int8_mode auto picks explicit") in text
     assert "described GPU (compute capability 8.9: INT8 tensor cores)" in text
     assert trt_int8_reasons(gpu_env((10, 5, 0))) == {"implicit": None, "explicit": None}
@@ -268,7 +276,7 @@ def test_gpu_acceptance_matrix_follows_the_tensorrt_version(lenet, tmp_path):
     engines = [o for s in matrix.runs for o in s.overrides if o.startswith("runtime.trt.cache_dir=")]
     assert len(engines) == len(set(engines)) == len(matrix.runs) - 2
     eleven = {s.label: s for s in build_matrix(TRT_INT8, gpu_env((11, 4, 0)), output_dir=tmp_path).runs}
-    assert "removed implicit calibration" in eleven["trt:int8-implicit:static"].skip
+    assert "removed implicit INT8 calibration" in eleven["trt:int8-implicit:static"].skip
     assert "removed BuilderFlag::kFP16" in eleven["trt:fp16:static"].skip
     assert eleven["trt:int8-explicit:static"].skip is None and eleven["native:fp16"].skip is None
 

@@ -10,8 +10,8 @@ from typing import Any, Literal, Optional
 from deploy import cache
 from deploy.config.loader import DeployConfig, DynamicShapeConfig, RuntimeConfig
 from deploy.engines.model import ModelFiles, ModelInfo, ensure_model, inspect_model
-from deploy.env import (EXPLICIT_FROM, IMPLICIT_DEPRECATED, IMPLICIT_REMOVED, Environment, default_device, probe,
-                        support_reason, trt_int8_path)
+from deploy.env import (IMPLICIT_DEPRECATED, Environment, default_device, probe, support_reason, trt_int8_path,
+                        trt_int8_reasons)
 from deploy.errors import CalibrationError, ConfigError, DataError, ModelError, UnsupportedError
 
 log = logging.getLogger(__name__)
@@ -95,14 +95,14 @@ def trt_int8(cfg: DeployConfig, env: Optional[Environment] = None) -> str:
     env = env or probe()
     path = trt_int8_path(cfg.runtime.trt.int8_mode, env)
     version = env.trt_runtime_version
-    if path == "explicit" and (0, 0, 0) < version < EXPLICIT_FROM:
-        raise UnsupportedError(f"runtime.trt.int8_mode is explicit, but Paddle-TRT converts quantize_linear / "
-                               f"dequantize_linear only from TensorRT 8.5.1 on, and this is "
-                               f"{'.'.join(map(str, version))}; use -o runtime.trt.int8_mode=implicit (or auto)")
-    if path == "implicit" and version >= IMPLICIT_REMOVED:
-        raise UnsupportedError(f"runtime.trt.int8_mode is implicit, but TensorRT {'.'.join(map(str, version))} removed "
-                               "implicit INT8 calibration (11.0); use -o runtime.trt.int8_mode=explicit (or auto), "
-                               f"after: python tools/calibrate.py -c {cfg.source} -o runtime.trt.int8_mode=explicit")
+    # Without a TensorRT runtime nothing is refused here: the Q/DQ model for explicit is made on any machine.
+    reason = trt_int8_reasons(env)[path] if env.trt_compiled and version[0] else None
+    if reason:
+        other = "implicit" if path == "explicit" else "explicit"
+        after = (f", after: python tools/calibrate.py -c {cfg.source} -o runtime.trt.int8_mode=explicit"
+                 if other == "explicit" else "")
+        raise UnsupportedError(f"runtime.trt.int8_mode is {path}, but {reason}; use -o runtime.trt.int8_mode={other} "
+                               f"(or auto){after}")
     if path == "implicit" and version >= IMPLICIT_DEPRECATED and "implicit" not in _warned:
         _warned.add("implicit")
         log.warning("runtime.trt.int8_mode is implicit on TensorRT %s, which deprecated implicit INT8 calibration "
