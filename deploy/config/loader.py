@@ -122,9 +122,9 @@ class TrtConfig:
     memory_sharing: bool = False  # enable_tensorrt_memory_optim: engines of the predictor share one workspace
     memory_sharing_id: int = 0  # ...and predictors with the same id > 0 share it too (sharing_identifier)
     subgraph_precision: SubgraphPrecisionConfig = field(default_factory=SubgraphPrecisionConfig)
-    low_precision_io: bool = False  # enable_low_precision_io: FP16/INT8 engines take and give FP16 tensors
+    low_precision_io: bool = False  # enable_low_precision_io: FP16 engines take and give FP16 tensors (fp16 only)
     inspector: bool = False  # enable_tensorrt_inspector: log each engine's layers with the precision they run in
-    inspector_serialize: bool = False  # ...also for engines loaded from the use_static cache
+    inspector_serialize: bool = False  # ...written to engine_info_<key>.json in the engine cache dir instead
 
     def __post_init__(self) -> None:
         if self.optimization_level is not None and not 0 <= self.optimization_level <= 5:
